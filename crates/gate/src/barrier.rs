@@ -88,18 +88,17 @@ pub fn is_asymmetric() -> bool {
     imp::asymmetric()
 }
 
-/// The fast-path side of an asymmetric barrier pair.
+/// The fast-path side of an asymmetric barrier pair: a compiler fence.
 ///
 /// Pairs with [`heavy`]: for a thread doing `store A; light(); load B` and
 /// another doing `store B; heavy(); load A`, at least one of the loads sees
-/// the other thread's store.
+/// the other thread's store, provided the process is in the asymmetric mode
+/// ([`is_asymmetric`]). Otherwise the caller must add `fence(SeqCst)`
+/// itself; the gate does so through its `FENCE` state bit, which keeps the
+/// mode test off the fast path.
 #[inline(always)]
 pub(crate) fn light() {
-    if imp::asymmetric() {
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    } else {
-        fence(Ordering::SeqCst);
-    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 
 /// The slow-path side of an asymmetric barrier pair (see [`light`]).

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 /// `state` bit: the gate was killed.
 const DEAD: u32 = 1;
+/// `state` bit, constant for the gate's life: the process has no asymmetric
+/// barrier, so enter and exit must issue a full fence before trusting their
+/// load of `state`. Kept in `state` so that the fast path tests one word:
+/// any set bit sends it to the slow path.
+const FENCE: u32 = 2;
 
 /// A killable in-flight-operation counter.
 ///
@@ -30,7 +35,8 @@ const DEAD: u32 = 1;
 ///
 /// # Invariants
 ///
-/// - `state & DEAD` goes from 0 to 1 once and never back.
+/// - `state & DEAD` goes from 0 to 1 once and never back; `state & FENCE`
+///   never changes.
 /// - The number of guards inside is the sum over every thread record's slot
 ///   at `index` plus the `shared` slot, each `enters - exits`.
 /// - A guard counted in a thread slot was created on, and is dropped on, that
@@ -81,9 +87,9 @@ impl Default for Gate {
 impl Gate {
     /// Creates a live gate.
     pub fn new() -> Self {
-        barrier::init();
+        let fence = if barrier::init() { 0 } else { FENCE };
         Self {
-            state: AtomicU32::new(0),
+            state: AtomicU32::new(fence),
             index: registry::alloc_index().unwrap_or(usize::MAX),
             shared: Padded(Slot::new()),
             drain_lock: Mutex::new(()),
@@ -110,9 +116,10 @@ impl Gate {
                 // Order the increment before the state load. Pairs with the
                 // heavy barrier in `kill()` (store DEAD; heavy; read slots):
                 // either we see DEAD, or the killer's drain sees our enter.
+                // In FENCE mode the slow path adds the full fence.
                 barrier::light();
-                if self.state.load(Ordering::Relaxed) & DEAD != 0 {
-                    self.leave_local(slot);
+                let state = self.state.load(Ordering::Relaxed);
+                if state != 0 && !self.enter_slow(slot) {
                     return None;
                 }
                 Some(Guard { gate: self, slot, _not_send: PhantomData })
@@ -133,6 +140,26 @@ impl Gate {
     /// [`try_enter`](Self::try_enter) where the guard stays on its thread.
     pub fn try_enter_send(&self) -> Option<SendGuard<'_>> {
         self.enter_shared().map(|()| SendGuard { gate: self })
+    }
+
+    /// Whether an enter counted in `slot` may stand, after the fast path saw
+    /// a state bit. Undoes the enter if not.
+    #[cold]
+    fn enter_slow(&self, slot: &Slot) -> bool {
+        if self.state_after_fence() & DEAD != 0 {
+            self.leave_local(slot);
+            return false;
+        }
+        true
+    }
+
+    /// Loads `state`, first issuing the full fence FENCE mode requires
+    /// (the fast paths' compiler fence already ordered the load otherwise).
+    fn state_after_fence(&self) -> u32 {
+        if self.state.load(Ordering::Relaxed) & FENCE != 0 {
+            crate::primitive::fence(Ordering::SeqCst);
+        }
+        self.state.load(Ordering::Relaxed)
     }
 
     fn enter_shared(&self) -> Option<()> {
@@ -156,7 +183,7 @@ impl Gate {
         // barrier: either the drainer reads our exit, or we read DEAD and
         // wake it.
         barrier::light();
-        if self.state.load(Ordering::Relaxed) & DEAD != 0 {
+        if self.state.load(Ordering::Relaxed) != 0 && self.state_after_fence() & DEAD != 0 {
             self.wake_drainers();
         }
     }

@@ -69,12 +69,15 @@ impl Slot {
 }
 
 struct Chunk {
-    slots: Box<[Slot]>,
+    slots: [Slot; CHUNK],
 }
 
 /// One thread's table of slots.
+///
+/// Fixed-size arrays indexed with masks, so the fast path has no bounds
+/// checks (gate indices are `< CAPACITY` by construction in `alloc_index`).
 pub(crate) struct Record {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    chunks: [AtomicPtr<Chunk>; CHUNKS],
     /// `OWNED`, `FREE` or `ZOMBIE`.
     state: AtomicU32,
     /// The owning thread's name, for diagnosing stuck drains.
@@ -84,7 +87,7 @@ pub(crate) struct Record {
 impl Record {
     fn new() -> Self {
         Self {
-            chunks: (0..CHUNKS).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             state: AtomicU32::new(OWNED),
             owner: Mutex::new(String::new()),
         }
@@ -92,20 +95,20 @@ impl Record {
 
     /// This record's slot for gate index `idx`, if its chunk exists.
     pub(crate) fn get(&self, idx: usize) -> Option<&Slot> {
-        let c = self.chunks.get(idx / CHUNK)?.load(Ordering::Acquire);
+        let c = self.chunks[(idx / CHUNK) % CHUNKS].load(Ordering::Acquire);
         // SAFETY: a non-null chunk pointer was produced by `Box::into_raw` in
-        // `slot_mut` and published with `Release`; chunks are never freed
-        // (records are never freed), so the reference is valid for `'static`.
+        // `slot_or_alloc` and published with `Release`; chunks are never
+        // freed (records are never freed), so the reference is valid.
         let c = unsafe { c.as_ref()? };
-        c.slots.get(idx % CHUNK)
+        Some(&c.slots[idx % CHUNK])
     }
 
     /// This record's slot for `idx`, allocating its chunk. Owner thread only.
     fn slot_or_alloc(&'static self, idx: usize) -> &'static Slot {
-        let cell = &self.chunks[idx / CHUNK];
+        let cell = &self.chunks[(idx / CHUNK) % CHUNKS];
         let mut c = cell.load(Ordering::Relaxed);
         if c.is_null() {
-            let chunk = Box::new(Chunk { slots: (0..CHUNK).map(|_| Slot::new()).collect() });
+            let chunk = Box::new(Chunk { slots: std::array::from_fn(|_| Slot::new()) });
             c = Box::into_raw(chunk);
             // Release: a drainer that sees the pointer sees initialised slots.
             cell.store(c, Ordering::Release);
@@ -212,10 +215,10 @@ impl Record {
     /// relaxed load suffices.
     #[inline(always)]
     fn get_owned(&'static self, idx: usize) -> Option<&'static Slot> {
-        let c = self.chunks.get(idx / CHUNK)?.load(Ordering::Relaxed);
+        let c = self.chunks[(idx / CHUNK) % CHUNKS].load(Ordering::Relaxed);
         // SAFETY: as in `get`; the owner itself published the pointer.
         let c: &'static Chunk = unsafe { c.as_ref()? };
-        c.slots.get(idx % CHUNK)
+        Some(&c.slots[idx % CHUNK])
     }
 }
 
