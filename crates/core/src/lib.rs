@@ -1,1 +1,75 @@
+//! A userspace Linux-style driver core whose removal guarantee covers file
+//! operations.
+//!
+//! In Linux, `cdev_del()` stops new opens, but operations on descriptors
+//! already open keep running, often on driver data that the unbind just
+//! freed. This crate implements the fix proposed on LKML in 2021
+//! (`devm_cdev_device_add(host, cdev, dev)`): the host's driver binding
+//! bounds the lifetime of everything the file operations use, and removing
+//! a character device, a debugfs file or an attribute guarantees no new
+//! opens, no new handler calls, and that every thread inside a handler has
+//! left it, through one in-flight-operation mechanism
+//! ([`devlife_gate::Gate`]) shared by all of them.
+//!
+//! * [`System`]: one driver core: buses, device numbers, device nodes,
+//!   classes, debugfs, counters.
+//! * [`Bus`], [`Device`], [`Driver`], [`Bound`]: match, probe, bind,
+//!   unbind, hot-plug, driver registration (`drivers/base`).
+//! * [`Devres`]: managed resources released newest first at unbind and on
+//!   probe failure (`drivers/base/devres.c`).
+//! * [`FileOperations`](fops::FileOperations), [`Cdev`],
+//!   [`cdev_device_add`], [`devm_cdev_device_add`], chrdev regions,
+//!   [`misc_register`] (`fs/char_dev.c`, `drivers/char/misc.c`).
+//! * [`debugfs`] (`fs/debugfs`), device attributes ([`attr`]).
+//! * [`File`], [`NodeRef`]: what a transport (the FUSE server, tests) holds.
+//!
+//! # What users see after a removal
+//!
+//! | operation | character device | debugfs |
+//! | --- | --- | --- |
+//! | open through a stale reference | `ENXIO` | `ENOENT` |
+//! | read, write, ioctl | `ENODEV` | `EIO` |
+//! | poll | `POLLHUP \| POLLERR`, pollers woken | `POLLHUP` |
+//! | a handler asleep in a cancellable wait | woken, `ENODEV` | woken, `EIO` |
+//! | a handler still running | the removal waits for it | same |
+//! | flush, close | succeed | succeed |
+//! | release | ran once per open, during the removal | same |
+//!
+//! After the removal returns, no driver code of that object runs again.
 
+pub mod attr;
+pub mod bus;
+mod cdev;
+pub mod chrdev;
+pub mod debugfs;
+pub mod device;
+pub mod devres;
+pub mod driver;
+pub mod errno;
+mod error;
+pub mod fops;
+pub mod ioctl;
+mod misc;
+pub mod name;
+mod node;
+pub mod stats;
+pub mod system;
+pub mod text;
+
+pub use attr::{DeviceAttribute, devm_device_create_file};
+pub use bus::{Bus, Unbound};
+pub use cdev::{Cdev, CdevRegistration, DeviceNode, cdev_device_add, devm_cdev_device_add};
+pub use chrdev::{ChrdevRegion, DevT};
+pub use device::{Bound, Device};
+pub use devres::Devres;
+pub use driver::Driver;
+pub use errno::{Errno, NodeKind};
+pub use error::{Error, Result};
+pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, PollTable};
+pub use ioctl::IoctlCmd;
+pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
+pub use node::{File, NodeRef, Removed};
+pub use system::{DevNode, System};
+
+/// The gate crate, re-exported for drivers' wait queues and locks.
+pub use devlife_gate as gate;

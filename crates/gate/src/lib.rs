@@ -49,4 +49,4 @@ mod wait;
 pub use gate::{DrainError, Gate, Guard, Holder, SendGuard, Stuck};
 pub use mutex::{CancellableMutex, CancellableMutexGuard};
 pub use revocable::{Revocable, RevocableGuard};
-pub use wait::{CancelSource, Cancelled, WaitQueue, Wake, wait_event};
+pub use wait::{CancelSource, Cancelled, Event, WaitQueue, Wake, wait_event};

@@ -45,25 +45,30 @@ impl fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
-/// A sleeping thread.
-pub(crate) struct Waiter {
+/// A one-bit event a thread sleeps on until another [wakes](Wake::wake) it.
+///
+/// The protocol that loses no wake-up: register the event wherever it may be
+/// woken from, then loop `reset(); check conditions; sleep()`.
+#[derive(Default)]
+pub struct Event {
     woken: Mutex<bool>,
     cv: Condvar,
 }
 
-impl Waiter {
-    pub(crate) fn new() -> Self {
+impl Event {
+    /// An event that has not been woken.
+    pub fn new() -> Self {
         Self { woken: Mutex::new(false), cv: Condvar::new() }
     }
 
     /// Clears the wake flag; call before re-checking conditions so a wake
     /// after the check is not lost.
-    pub(crate) fn reset(&self) {
+    pub fn reset(&self) {
         *lock(&self.woken) = false;
     }
 
     /// Sleeps until woken (or until `deadline`). Returns `false` on timeout.
-    pub(crate) fn sleep(&self, deadline: Option<Instant>) -> bool {
+    pub fn sleep(&self, deadline: Option<Instant>) -> bool {
         let mut w = lock(&self.woken);
         while !*w {
             match deadline {
@@ -81,7 +86,7 @@ impl Waiter {
     }
 }
 
-impl Wake for Waiter {
+impl Wake for Event {
     fn wake(&self) {
         *lock(&self.woken) = true;
         self.cv.notify_one();
@@ -245,7 +250,7 @@ pub fn wait_event(
     if cond() {
         return Ok(());
     }
-    let waiter = Arc::new(Waiter::new());
+    let waiter = Arc::new(Event::new());
     let as_wake: Arc<dyn Wake> = waiter.clone();
     // Register everywhere before checking anything, so no wake in between is
     // lost. A source that already fired refuses the registration.

@@ -1,0 +1,317 @@
+//! [`Bus`]: devices and drivers, matched and bound (Linux `struct bus_type`
+//! with `drivers/base/{bus,dd}.c`).
+//!
+//! # Locking
+//!
+//! The bus lock guards only its two maps and is never held across a probe
+//! or a removal. A device's `lifecycle` lock serialises that device's bind,
+//! unbind and deletion; handlers never take it. Removal from inside one of
+//! the binding's own handlers cannot wait for that handler, so it is handed
+//! to a worker thread (see [`Bus::unbind`]).
+
+use crate::device::{Bound, Device, DeviceInner};
+use crate::devres::Devres;
+use crate::driver::{Driver, DriverEntry};
+use crate::system::{System, SystemInner, lock};
+use crate::{Errno, Error, Result};
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+static NEXT_DRIVER: AtomicU64 = AtomicU64::new(1);
+
+/// A bus: a set of devices and a set of drivers. A cheap handle.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    name: String,
+    sys: Weak<SystemInner>,
+    state: Mutex<BusState>,
+}
+
+#[derive(Default)]
+struct BusState {
+    devices: BTreeMap<String, Device>,
+    drivers: BTreeMap<String, Arc<DriverEntry>>,
+}
+
+/// How an unbind ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unbound {
+    /// The binding is gone: its removal guarantee holds.
+    Complete,
+    /// Requested from inside one of the binding's own handlers: a worker
+    /// thread completes it once that handler returns. New opens and
+    /// operations are refused from the moment the worker starts.
+    Deferred,
+}
+
+impl Bus {
+    pub(crate) fn new(name: &str, sys: Weak<SystemInner>) -> Self {
+        Bus {
+            inner: Arc::new(BusInner { name: name.to_owned(), sys, state: Mutex::new(BusState::default()) }),
+        }
+    }
+
+    /// The bus's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn system(&self) -> Result<System> {
+        self.inner.sys.upgrade().map(System::from_inner).ok_or(Error::Detached)
+    }
+
+    /// The device called `name`.
+    pub fn device(&self, name: &str) -> Option<Device> {
+        lock(&self.inner.state).devices.get(name).cloned()
+    }
+
+    /// Every device, by name.
+    pub fn devices(&self) -> Vec<Device> {
+        lock(&self.inner.state).devices.values().cloned().collect()
+    }
+
+    /// Every driver's name.
+    pub fn drivers(&self) -> Vec<String> {
+        lock(&self.inner.state).drivers.keys().cloned().collect()
+    }
+
+    /// The devices bound to driver `name`.
+    pub fn driver_devices(&self, name: &str) -> Vec<String> {
+        self.devices()
+            .into_iter()
+            .filter(|d| d.driver_name().as_deref() == Some(name))
+            .map(|d| d.name().to_owned())
+            .collect()
+    }
+
+    /// Registers a driver and binds it to every unbound device it matches
+    /// (Linux `driver_register`). A failing probe leaves that device unbound
+    /// and is logged; it does not fail the registration.
+    #[doc(alias = "driver_register")]
+    pub fn register_driver<D: Driver>(&self, drv: D) -> Result<()> {
+        let name = Driver::name(&drv).to_owned();
+        crate::name::validate(&name)?;
+        let entry =
+            Arc::new(DriverEntry { id: NEXT_DRIVER.fetch_add(1, Ordering::Relaxed), drv: Box::new(drv) });
+        {
+            let mut st = lock(&self.inner.state);
+            if st.drivers.contains_key(&name) {
+                return Err(Error::Exists(name));
+            }
+            st.drivers.insert(name, entry.clone());
+        }
+        for dev in self.devices() {
+            if entry.drv.matches(dev.dev_type()) {
+                match self.probe(&dev, &entry) {
+                    Ok(())
+                    | Err(Error::AlreadyBound(_) | Error::NoSuchDevice(_) | Error::NoSuchDriver(_)) => {}
+                    Err(e) => tracing::warn!(device = dev.name(), "driver attach: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregisters a driver, unbinding every device bound to it first
+    /// (Linux `driver_unregister`). Each unbind carries the full removal
+    /// guarantee.
+    #[doc(alias = "driver_unregister")]
+    pub fn unregister_driver(&self, name: &str) -> Result<()> {
+        let entry = lock(&self.inner.state)
+            .drivers
+            .remove(name)
+            .ok_or_else(|| Error::NoSuchDriver(name.to_owned()))?;
+        // Every device, not a snapshot of the bound ones: a probe racing
+        // this holds the device's lifecycle lock, which we wait for below.
+        for dev in self.devices() {
+            let _ = self.release(&dev, Some(entry.id));
+        }
+        Ok(())
+    }
+
+    /// Adds a device and binds the first registered driver that matches it
+    /// (Linux `device_add`). A failing probe leaves it unbound (logged).
+    #[doc(alias = "device_add")]
+    pub fn add_device(&self, name: &str, dev_type: &str) -> Result<Device> {
+        crate::name::validate(name)?;
+        crate::name::validate(dev_type)?;
+        let dev = Device::new(name, dev_type, &self.inner.name, self.inner.sys.clone());
+        let drivers: Vec<_> = {
+            let mut st = lock(&self.inner.state);
+            if st.devices.contains_key(name) {
+                return Err(Error::Exists(name.to_owned()));
+            }
+            st.devices.insert(name.to_owned(), dev.clone());
+            st.drivers.values().cloned().collect()
+        };
+        if let Some(entry) = drivers.iter().find(|e| e.drv.matches(dev_type)) {
+            if let Err(e) = self.probe(&dev, entry) {
+                tracing::warn!(device = name, "device attach: {e}");
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Deletes a device: unbinds it (with the full removal guarantee), then
+    /// removes it from the bus (Linux `device_del`; hot-unplug).
+    #[doc(alias = "device_del")]
+    pub fn delete_device(&self, name: &str) -> Result<Unbound> {
+        let dev = lock(&self.inner.state)
+            .devices
+            .remove(name)
+            .ok_or_else(|| Error::NoSuchDevice(name.to_owned()))?;
+        lock(&dev.inner.state).deleted = true;
+        let r = match self.release(&dev, None) {
+            Ok(u) => u,
+            Err(Error::NotBound(_)) => Unbound::Complete,
+            Err(e) => return Err(e),
+        };
+        Ok(r)
+    }
+
+    /// Binds device `dev` to driver `drv` (`sys/bus/*/drivers/*/bind`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchDevice`], [`Error::NoSuchDriver`], [`Error::NoMatch`],
+    /// [`Error::AlreadyBound`], [`Error::ProbeFailed`].
+    pub fn bind(&self, dev: &str, drv: &str) -> Result<()> {
+        let (dev, entry) = {
+            let st = lock(&self.inner.state);
+            let d = st.devices.get(dev).cloned().ok_or_else(|| Error::NoSuchDevice(dev.to_owned()))?;
+            let e = st.drivers.get(drv).cloned().ok_or_else(|| Error::NoSuchDriver(drv.to_owned()))?;
+            (d, e)
+        };
+        self.probe(&dev, &entry)
+    }
+
+    /// Unbinds device `dev`, from driver `drv` if named
+    /// (`sys/bus/*/drivers/*/unbind`). Returns when the binding is gone:
+    /// the driver's `remove` ran, then its managed resources were released
+    /// newest first (so every character device it registered is removed:
+    /// no new opens, no new operations, handlers returned, files released),
+    /// then its data was dropped.
+    ///
+    /// From inside one of the binding's own handlers the unbind cannot wait
+    /// for that handler: it is handed to a worker thread and
+    /// [`Unbound::Deferred`] is returned.
+    pub fn unbind(&self, dev: &str, drv: Option<&str>) -> Result<Unbound> {
+        let d = self.device(dev).ok_or_else(|| Error::NoSuchDevice(dev.to_owned()))?;
+        let driver_id = match drv {
+            None => None,
+            Some(n) => {
+                let id = lock(&self.inner.state).drivers.get(n).map(|e| e.id);
+                Some(id.ok_or_else(|| Error::NoSuchDriver(n.to_owned()))?)
+            }
+        };
+        self.release(&d, driver_id)
+    }
+
+    fn probe(&self, dev: &Device, entry: &Arc<DriverEntry>) -> Result<()> {
+        let sys = self.system()?;
+        let _life = lock(&dev.inner.lifecycle);
+        {
+            let st = lock(&dev.inner.state);
+            if st.deleted {
+                return Err(Error::NoSuchDevice(dev.name().to_owned()));
+            }
+            if st.binding.is_some() {
+                return Err(Error::AlreadyBound(dev.name().to_owned()));
+            }
+        }
+        // The driver may have been unregistered since it was looked up.
+        if !lock(&self.inner.state).drivers.get(entry.drv.name()).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            return Err(Error::NoSuchDriver(entry.drv.name().to_owned()));
+        }
+        if !entry.drv.matches(dev.dev_type()) {
+            return Err(Error::NoMatch {
+                driver: entry.drv.name().to_owned(),
+                device: dev.name().to_owned(),
+            });
+        }
+        let id = sys.next_binding_id();
+        let devres = Arc::new(Devres::new());
+        let bound = Bound { dev, sys: &sys, id, devres: &devres };
+        let probed = catch_unwind(AssertUnwindSafe(|| entry.drv.probe(&bound))).unwrap_or_else(|_| {
+            tracing::error!(device = dev.name(), driver = entry.drv.name(), "probe panicked");
+            Err(Errno::EIO)
+        });
+        match probed {
+            Ok(data) => {
+                lock(&dev.inner.state).binding =
+                    Some(crate::device::Binding { id, driver: entry.clone(), data, devres });
+                Ok(())
+            }
+            Err(errno) => {
+                // Partial unwind: what probe registered, newest first.
+                devres.release_all();
+                Err(Error::ProbeFailed(dev.name().to_owned(), errno))
+            }
+        }
+    }
+
+    /// Ends `dev`'s binding (only if to driver `only`, when given).
+    fn release(&self, dev: &Device, only: Option<u64>) -> Result<Unbound> {
+        let bid = lock(&dev.inner.state).binding.as_ref().map(|b| b.id);
+        if bid.is_some_and(crate::node::in_handler_of) {
+            let (bus, dev2) = (self.clone(), dev.clone());
+            std::thread::Builder::new()
+                .name(format!("devlife-unbind:{}", dev.name()))
+                .spawn(move || {
+                    if let Err(e) = bus.release(&dev2, only) {
+                        tracing::warn!(device = dev2.name(), "deferred unbind: {e}");
+                    }
+                })
+                .map_err(|_| Error::WouldDeadlock)?;
+            return Ok(Unbound::Deferred);
+        }
+        let _life = lock(&dev.inner.lifecycle);
+        let binding = {
+            let mut st = lock(&dev.inner.state);
+            match &st.binding {
+                None => return Err(Error::NotBound(dev.name().to_owned())),
+                Some(b) if only.is_some_and(|id| id != b.driver.id) => {
+                    return Err(Error::BoundElsewhere {
+                        device: dev.name().to_owned(),
+                        driver: b.driver.drv.name().to_owned(),
+                    });
+                }
+                Some(_) => st.binding.take(),
+            }
+        };
+        let Some(b) = binding else { return Err(Error::NotBound(dev.name().to_owned())) };
+        teardown(dev, b, &self.system()?);
+        Ok(Unbound::Complete)
+    }
+}
+
+/// The kernel's unbind order: `remove`, then managed resources newest
+/// first, then the driver's data.
+fn teardown(dev: &Device, b: crate::device::Binding, sys: &System) {
+    let bound = Bound { dev, sys, id: b.id, devres: &b.devres };
+    if catch_unwind(AssertUnwindSafe(|| b.driver.drv.remove(&bound, &b.data))).is_err() {
+        tracing::error!(device = dev.name(), "remove panicked");
+    }
+    b.devres.release_all();
+    if catch_unwind(AssertUnwindSafe(move || drop(b.data))).is_err() {
+        tracing::error!(device = dev.name(), "dropping the driver data panicked");
+    }
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("name", &self.inner.name).finish()
+    }
+}
+
+impl std::fmt::Debug for DeviceInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("name", &self.name).finish()
+    }
+}

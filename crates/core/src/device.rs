@@ -1,0 +1,166 @@
+//! [`Device`] and [`Bound`]: a device on a bus, and the proof, given to
+//! `probe` and `remove`, that it is being bound.
+
+use crate::attr::AttrEntry;
+use crate::devres::Devres;
+use crate::driver::{AnyData, DriverEntry};
+use crate::node::NodeRef;
+use crate::system::{System, SystemInner, lock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// A device on a bus (Linux `struct device`). A cheap handle.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+pub(crate) struct DeviceInner {
+    pub(crate) name: String,
+    pub(crate) dev_type: String,
+    pub(crate) bus: String,
+    pub(crate) sys: Weak<SystemInner>,
+    /// Serialises bind, unbind and delete (Linux `device_lock`). Never taken
+    /// by handlers.
+    pub(crate) lifecycle: Mutex<()>,
+    /// Short-held: what the device is bound to.
+    pub(crate) state: Mutex<DeviceState>,
+    pub(crate) attrs: Mutex<BTreeMap<String, AttrEntry>>,
+}
+
+#[derive(Default)]
+pub(crate) struct DeviceState {
+    pub(crate) binding: Option<Binding>,
+    pub(crate) deleted: bool,
+}
+
+/// One driver binding: from a successful probe to the end of its unbind.
+pub(crate) struct Binding {
+    pub(crate) id: u64,
+    pub(crate) driver: Arc<DriverEntry>,
+    pub(crate) data: AnyData,
+    pub(crate) devres: Arc<Devres>,
+}
+
+impl Device {
+    pub(crate) fn new(name: &str, dev_type: &str, bus: &str, sys: Weak<SystemInner>) -> Self {
+        Device {
+            inner: Arc::new(DeviceInner {
+                name: name.to_owned(),
+                dev_type: dev_type.to_owned(),
+                bus: bus.to_owned(),
+                sys,
+                lifecycle: Mutex::new(()),
+                state: Mutex::new(DeviceState::default()),
+                attrs: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The device's type, matched against drivers' id tables.
+    pub fn dev_type(&self) -> &str {
+        &self.inner.dev_type
+    }
+
+    /// The bus it sits on.
+    pub fn bus_name(&self) -> &str {
+        &self.inner.bus
+    }
+
+    /// The name of the driver it is bound to, if any.
+    pub fn driver_name(&self) -> Option<String> {
+        lock(&self.inner.state).binding.as_ref().map(|b| b.driver.drv.name().to_owned())
+    }
+
+    /// The id of its current binding, if bound.
+    pub fn binding_id(&self) -> Option<u64> {
+        lock(&self.inner.state).binding.as_ref().map(|b| b.id)
+    }
+
+    /// The names of the managed resources of its current binding.
+    pub fn devres_names(&self) -> Vec<String> {
+        lock(&self.inner.state).binding.as_ref().map(|b| b.devres.names()).unwrap_or_default()
+    }
+
+    /// Whether the device was deleted from its bus.
+    pub fn is_deleted(&self) -> bool {
+        lock(&self.inner.state).deleted
+    }
+
+    /// The `uevent` text (`DRIVER=`, `DEVTYPE=` lines).
+    pub fn uevent(&self) -> String {
+        let mut s = format!("DEVTYPE={}\n", self.inner.dev_type);
+        if let Some(d) = self.driver_name() {
+            s.push_str(&format!("DRIVER={d}\n"));
+        }
+        s
+    }
+
+    /// The device's attributes: name and mode.
+    pub fn attrs(&self) -> Vec<(String, u32)> {
+        lock(&self.inner.attrs).iter().map(|(n, a)| (n.clone(), a.mode)).collect()
+    }
+
+    /// The attribute called `name`.
+    pub fn attr(&self, name: &str) -> Option<NodeRef> {
+        lock(&self.inner.attrs).get(name).map(|a| a.node.clone())
+    }
+
+    /// The system the device belongs to (gone once the system is dropped).
+    pub fn system(&self) -> Option<System> {
+        self.inner.sys.upgrade().map(System::from_inner)
+    }
+
+    /// Whether two handles name the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.inner.name)
+            .field("type", &self.inner.dev_type)
+            .field("driver", &self.driver_name())
+            .finish()
+    }
+}
+
+/// A device being bound: given to [`Driver::probe`](crate::Driver::probe)
+/// and [`Driver::remove`](crate::Driver::remove), it carries the binding's
+/// managed resources (Rust-for-Linux's `Device<Bound>` context).
+pub struct Bound<'a> {
+    pub(crate) dev: &'a Device,
+    pub(crate) sys: &'a System,
+    pub(crate) id: u64,
+    pub(crate) devres: &'a Devres,
+}
+
+impl<'a> Bound<'a> {
+    /// The device.
+    pub fn device(&self) -> &'a Device {
+        self.dev
+    }
+    /// The device's name.
+    pub fn name(&self) -> &'a str {
+        self.dev.name()
+    }
+    /// The system.
+    pub fn system(&self) -> &'a System {
+        self.sys
+    }
+    /// The binding's managed resources.
+    pub fn devres(&self) -> &'a Devres {
+        self.devres
+    }
+    /// This binding's id (unique within the system; a re-probe gets a new one).
+    pub fn binding_id(&self) -> u64 {
+        self.id
+    }
+}

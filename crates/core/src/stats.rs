@@ -1,0 +1,62 @@
+//! Framework counters (served as `debug/devlife/stats`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one [`System`](crate::System). Written on open and release
+/// only, never on the read/write/ioctl path.
+#[derive(Debug, Default)]
+pub struct Stats {
+    opens: AtomicU64,
+    releases: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Successful opens, ever.
+    pub opens: u64,
+    /// Driver releases run, ever (at close or during removal).
+    pub releases: u64,
+    /// Files open and not yet released (`opens - releases`).
+    pub open_files: u64,
+    /// Handlers running right now, over every registered object.
+    pub inflight_ops: u64,
+    /// Handler panics caught (each answered `EIO`).
+    pub panics: u64,
+}
+
+impl Stats {
+    pub(crate) fn opened(&self) {
+        self.opens.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn released(&self) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn snapshot(&self, inflight_ops: u64) -> StatsSnapshot {
+        // Releases first: a release is counted after its open, so this order
+        // never shows more releases than opens.
+        let releases = self.releases.load(Ordering::Acquire);
+        let opens = self.opens.load(Ordering::Acquire);
+        StatsSnapshot {
+            opens,
+            releases,
+            open_files: opens.saturating_sub(releases),
+            inflight_ops,
+            panics: self.panics.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl StatsSnapshot {
+    /// The `name value` lines of `debug/devlife/stats`.
+    pub fn render(&self) -> String {
+        format!(
+            "opens {}\nreleases {}\nopen_files {}\ninflight_ops {}\npanics {}\n",
+            self.opens, self.releases, self.open_files, self.inflight_ops, self.panics
+        )
+    }
+}

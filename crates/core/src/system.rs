@@ -1,0 +1,209 @@
+//! [`System`]: one instance of the driver core (buses, device numbers,
+//! device nodes, classes, debugfs), as one kernel would hold them.
+
+use crate::bus::Bus;
+use crate::chrdev::{Chrdevs, DevT, MISC_MAJOR};
+use crate::debugfs::Dentry;
+use crate::fops::{Caller, KResult};
+use crate::node::{File, NodeDyn, NodeRef};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::{Errno, Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One driver core. Cheap to clone (a shared handle); independent
+/// instances share nothing, so tests can run side by side.
+#[derive(Clone)]
+pub struct System {
+    pub(crate) inner: Arc<SystemInner>,
+}
+
+pub(crate) struct SystemInner {
+    pub(crate) buses: Mutex<BTreeMap<String, Bus>>,
+    pub(crate) chrdevs: Chrdevs,
+    pub(crate) devnodes: Mutex<DevRegistry>,
+    pub(crate) misc_minors: Mutex<BTreeSet<u32>>,
+    pub(crate) debugfs: Dentry,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) next_binding: AtomicU64,
+    /// Every gated object, for counting handlers in flight.
+    nodes: Mutex<Vec<Weak<dyn NodeDyn>>>,
+    /// Keeps the misc major reserved for the system's life.
+    _misc_region: Mutex<Option<crate::chrdev::ChrdevRegion>>,
+}
+
+/// A device node as `devtmpfs` shows it (`/dev/<name>`), with its class
+/// entry (`/sys/class/<class>/<name>/dev`).
+#[derive(Clone, Debug)]
+pub struct DevNode {
+    /// The node's name.
+    pub name: String,
+    /// Its device number.
+    pub devt: DevT,
+    /// Its class, if any.
+    pub class: Option<String>,
+    /// Permission bits (`0o600` by default).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// The object behind it.
+    pub node: NodeRef,
+}
+
+#[derive(Default)]
+pub(crate) struct DevRegistry {
+    pub(crate) by_name: BTreeMap<String, DevNode>,
+    pub(crate) by_devt: BTreeMap<DevT, NodeRef>,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl System {
+    /// A new, empty driver core.
+    pub fn new() -> Self {
+        let stats = Arc::new(Stats::default());
+        let inner = Arc::new_cyclic(|weak: &Weak<SystemInner>| SystemInner {
+            buses: Mutex::new(BTreeMap::new()),
+            chrdevs: Chrdevs::default(),
+            devnodes: Mutex::new(DevRegistry::default()),
+            misc_minors: Mutex::new(BTreeSet::new()),
+            debugfs: Dentry::root(weak.clone()),
+            stats,
+            next_binding: AtomicU64::new(1),
+            nodes: Mutex::new(Vec::new()),
+            _misc_region: Mutex::new(None),
+        });
+        let sys = System { inner };
+        // Reserve the misc major as the kernel's misc_init does.
+        let misc = sys.register_chrdev_region(DevT::new(MISC_MAJOR, 0), crate::chrdev::MINORS, "misc");
+        *lock(&sys.inner._misc_region) = misc.ok();
+        sys.create_stats_file();
+        sys
+    }
+
+    /// `debugfs/devlife/stats`: the framework's counters, one `name value`
+    /// a line.
+    fn create_stats_file(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let file = crate::text::TextFile::read_only(move || {
+            let sys = weak.upgrade().map(System::from_inner).ok_or(Errno::ENODEV)?;
+            let mut s = sys.stats();
+            // Do not count this very read among the operations in flight.
+            s.inflight_ops = s.inflight_ops.saturating_sub(1);
+            Ok(s.render())
+        });
+        let made = self.inner.debugfs.create_dir("devlife").and_then(|d| d.create_file("stats", 0o444, file));
+        if let Err(e) = made {
+            tracing::error!("cannot create debugfs/devlife/stats: {e}");
+        }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<SystemInner>) -> Self {
+        System { inner }
+    }
+
+    /// Registers a bus (Linux `bus_register`).
+    pub fn bus_register(&self, name: &str) -> Result<Bus> {
+        crate::name::validate(name)?;
+        let mut buses = lock(&self.inner.buses);
+        if buses.contains_key(name) {
+            return Err(Error::Exists(name.to_owned()));
+        }
+        let bus = Bus::new(name, Arc::downgrade(&self.inner));
+        buses.insert(name.to_owned(), bus.clone());
+        Ok(bus)
+    }
+
+    /// The bus called `name`.
+    pub fn bus(&self, name: &str) -> Option<Bus> {
+        lock(&self.inner.buses).get(name).cloned()
+    }
+
+    /// Every bus, by name.
+    pub fn buses(&self) -> Vec<Bus> {
+        lock(&self.inner.buses).values().cloned().collect()
+    }
+
+    /// Looks up a device node by name, as a path walk in `/dev` would.
+    pub fn dev_lookup(&self, name: &str) -> Option<DevNode> {
+        lock(&self.inner.devnodes).by_name.get(name).cloned()
+    }
+
+    /// Every device node, by name.
+    pub fn dev_nodes(&self) -> Vec<DevNode> {
+        lock(&self.inner.devnodes).by_name.values().cloned().collect()
+    }
+
+    /// Opens the character device `devt` (Linux `chrdev_open`): `ENXIO` if
+    /// no device has that number (any more).
+    pub fn open_devt(&self, devt: DevT, caller: &Caller<'_>) -> KResult<File> {
+        let node = lock(&self.inner.devnodes).by_devt.get(&devt).cloned().ok_or(Errno::ENXIO)?;
+        node.open(caller)
+    }
+
+    /// The class names in use.
+    pub fn classes(&self) -> Vec<String> {
+        let reg = lock(&self.inner.devnodes);
+        let set: BTreeSet<String> = reg.by_name.values().filter_map(|n| n.class.clone()).collect();
+        set.into_iter().collect()
+    }
+
+    /// The device nodes of `class`.
+    pub fn class_nodes(&self, class: &str) -> Vec<DevNode> {
+        lock(&self.inner.devnodes)
+            .by_name
+            .values()
+            .filter(|n| n.class.as_deref() == Some(class))
+            .cloned()
+            .collect()
+    }
+
+    /// The root of this system's debugfs.
+    pub fn debugfs(&self) -> Dentry {
+        self.inner.debugfs.clone()
+    }
+
+    /// `(major, name)` of every registered chrdev region (`/proc/devices`).
+    pub fn chrdev_regions(&self) -> Vec<(u32, String)> {
+        self.inner.chrdevs.describe()
+    }
+
+    /// The framework's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let inflight = {
+            let mut nodes = lock(&self.inner.nodes);
+            nodes.retain(|n| n.strong_count() > 0);
+            nodes.iter().filter_map(Weak::upgrade).map(|n| n.inside() as u64).sum()
+        };
+        self.inner.stats.snapshot(inflight)
+    }
+
+    pub(crate) fn track(&self, node: &Arc<dyn NodeDyn>) {
+        let mut nodes = lock(&self.inner.nodes);
+        if nodes.len() >= 64 && nodes.len().is_power_of_two() {
+            nodes.retain(|n| n.strong_count() > 0);
+        }
+        nodes.push(Arc::downgrade(node));
+    }
+
+    pub(crate) fn next_binding_id(&self) -> u64 {
+        self.inner.next_binding.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("System").field("buses", &lock(&self.inner.buses).keys().collect::<Vec<_>>()).finish()
+    }
+}

@@ -1,0 +1,71 @@
+//! Text files from `show`/`store` functions: the file operations of device
+//! attributes and of debugfs's typed helpers (Linux `simple_attr`).
+
+use crate::errno::Errno;
+use crate::fops::{Ctx, FileOperations, KResult};
+use std::sync::Mutex;
+
+/// Renders the file's text.
+pub type ShowFn = Box<dyn Fn() -> KResult<String> + Send + Sync>;
+/// Parses a write (the whole text written at offset 0, trailing newline kept).
+pub type StoreFn = Box<dyn Fn(&str) -> KResult<()> + Send + Sync>;
+
+/// File operations over a `show` and an optional `store` function.
+///
+/// A read at offset 0 renders the text and keeps it for the reads that
+/// follow on the same open file, so `cat` sees one consistent value even
+/// when it reads in pieces. A write must start at offset 0 and be at most
+/// one page (4096 bytes), as for sysfs; it is passed to `store` whole.
+pub struct TextFile {
+    show: ShowFn,
+    store: Option<StoreFn>,
+}
+
+/// Longest accepted write, as sysfs's one page.
+pub const STORE_MAX: usize = 4096;
+
+impl TextFile {
+    /// A read-only text file.
+    pub fn read_only(show: impl Fn() -> KResult<String> + Send + Sync + 'static) -> Self {
+        TextFile { show: Box::new(show), store: None }
+    }
+
+    /// A read-write text file.
+    pub fn read_write(
+        show: impl Fn() -> KResult<String> + Send + Sync + 'static,
+        store: impl Fn(&str) -> KResult<()> + Send + Sync + 'static,
+    ) -> Self {
+        TextFile { show: Box::new(show), store: Some(Box::new(store)) }
+    }
+}
+
+impl FileOperations for TextFile {
+    /// The rendered text, once read at offset 0.
+    type File = Mutex<Option<String>>;
+
+    fn open(&self, _cx: &Ctx<'_>) -> KResult<Self::File> {
+        Ok(Mutex::new(None))
+    }
+
+    fn read(&self, file: &Self::File, _cx: &Ctx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
+        let mut snap = file.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 || snap.is_none() {
+            *snap = Some((self.show)()?);
+        }
+        let text = snap.as_deref().unwrap_or_default().as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+        let n = buf.len().min(text.len() - start);
+        buf[..n].copy_from_slice(&text[start..start + n]);
+        Ok(n)
+    }
+
+    fn write(&self, _file: &Self::File, _cx: &Ctx<'_>, data: &[u8], offset: u64) -> KResult<usize> {
+        let store = self.store.as_ref().ok_or(Errno::EACCES)?;
+        if offset != 0 || data.len() > STORE_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
+        store(text)?;
+        Ok(data.len())
+    }
+}
