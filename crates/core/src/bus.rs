@@ -213,6 +213,11 @@ impl Bus {
         self.release(&d, driver_id)
     }
 
+    /// Unbinds `dev` (a device of this bus) from whatever driver it has.
+    pub(crate) fn unbind_device(&self, dev: &Device, only: Option<u64>) -> Result<Unbound> {
+        self.release(dev, only)
+    }
+
     fn probe(&self, dev: &Device, entry: &Arc<DriverEntry>) -> Result<()> {
         let sys = self.system()?;
         let _life = lock(&dev.inner.lifecycle);

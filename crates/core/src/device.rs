@@ -120,6 +120,31 @@ impl Device {
     pub fn same(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
+
+    /// A handle that does not keep the device alive (for a driver's file
+    /// operations, which the device's binding owns: a strong handle there
+    /// would be a reference cycle).
+    pub fn downgrade(&self) -> WeakDevice {
+        WeakDevice(Arc::downgrade(&self.inner))
+    }
+
+    /// Unbinds the device from its driver (see [`Bus::unbind`](crate::Bus::unbind)).
+    pub fn unbind(&self) -> crate::Result<crate::Unbound> {
+        let sys = self.system().ok_or(crate::Error::Detached)?;
+        let bus = sys.bus(&self.inner.bus).ok_or_else(|| crate::Error::NoSuchBus(self.inner.bus.clone()))?;
+        bus.unbind_device(self, None)
+    }
+}
+
+/// A [`Device`] handle that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakDevice(Weak<DeviceInner>);
+
+impl WeakDevice {
+    /// The device, if it still exists.
+    pub fn upgrade(&self) -> Option<Device> {
+        self.0.upgrade().map(|inner| Device { inner })
+    }
 }
 
 impl std::fmt::Debug for Device {

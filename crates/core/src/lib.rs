@@ -60,7 +60,7 @@ pub use attr::{DeviceAttribute, devm_device_create_file};
 pub use bus::{Bus, Unbound};
 pub use cdev::{Cdev, CdevRegistration, DeviceNode, cdev_device_add, devm_cdev_device_add};
 pub use chrdev::{ChrdevRegion, DevT};
-pub use device::{Bound, Device};
+pub use device::{Bound, Device, WeakDevice};
 pub use devres::Devres;
 pub use driver::Driver;
 pub use errno::{Errno, NodeKind};

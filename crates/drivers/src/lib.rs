@@ -1,1 +1,8 @@
+//! Sample drivers for devlife.
+//!
+//! * [`xyz`]: the driver of the `cdev: Generic shutdown handling` thread:
+//!   `probe` makes a context owned by the binding and registers an ioctl
+//!   character device with `devm_cdev_device_add`; the handlers use the
+//!   context.
 
+pub mod xyz;

@@ -1,0 +1,393 @@
+//! `xyz`: the seed's driver, on bus `sim`, device type `xyz`.
+//!
+//! ```text
+//! int xyz_probe(struct device *dev)
+//! {
+//!         xyz_driver_context = devm_kzalloc(...);
+//!         xyz_ioctl_dev->context = xyz_driver_context;
+//!         cdev_device_add(&xyz_ioctl_dev->cdev, xyz_ioctl_dev->dev);
+//! }
+//! ```
+//!
+//! Here the context is an [`XyzContext`] owned by the binding (the
+//! driver's data), the character device's operations ([`XyzIoctlDev`], the
+//! seed's `xyz_ioctl_dev`) hold it, and the device is registered with
+//! [`devm_cdev_device_add`], so unbinding removes it, with every handler
+//! returned, before the context is dropped.
+//!
+//! The device node is `xyzN` (class `xyz`); debugfs has `xyz/xyzN/ops`
+//! (the operation count). The context holds the count and a 64 KiB FIFO:
+//!
+//! * `XYZ_IOC_COUNT = _IOR('X', 1, u64)`: increments the count, returns it;
+//! * `XYZ_IOC_HOLD = _IOW('X', 2, u32)`: stays inside the handler for that
+//!   many milliseconds without a cancellable wait (hardware busy);
+//! * `XYZ_IOC_WAIT = _IO('X', 3)`: sleeps in a cancellable wait until the
+//!   device is removed (`ENODEV`) or the caller interrupted (`EINTR`);
+//! * `XYZ_IOC_LOCK = _IO('X', 4)`: takes the context's hardware lock
+//!   cancellably and returns 0 (the lock a remover may hold);
+//! * `XYZ_IOC_UNBIND_SELF = _IO('X', 5)`: unbinds the device from inside
+//!   this handler; returns 1 (the unbind is deferred to a worker thread
+//!   that completes it once this handler has returned);
+//! * `write` appends to the FIFO, blocking while it is full; `read` takes
+//!   from it, blocking while it is empty (`EAGAIN` with `O_NONBLOCK`);
+//!   `poll` reports `POLLIN` when not empty, `POLLOUT` when not full.
+
+use devlife_core::debugfs::{Dentry, devm_create_dir};
+use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
+use devlife_core::gate::{CancellableMutex, WaitQueue};
+use devlife_core::{
+    Bound, Cdev, ChrdevRegion, DeviceNode, Driver, Errno, IoctlCmd, System, Unbound, WeakDevice,
+    devm_cdev_device_add,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+/// `_IOR('X', 1, u64)`: increment and return the operation count.
+pub const XYZ_IOC_COUNT: IoctlCmd = IoctlCmd::ior(b'X', 1, 8);
+/// `_IOW('X', 2, u32)`: busy for that many milliseconds, not cancellable.
+pub const XYZ_IOC_HOLD: IoctlCmd = IoctlCmd::iow(b'X', 2, 4);
+/// `_IO('X', 3)`: wait until removed or interrupted.
+pub const XYZ_IOC_WAIT: IoctlCmd = IoctlCmd::io(b'X', 3);
+/// `_IO('X', 4)`: take the hardware lock cancellably.
+pub const XYZ_IOC_LOCK: IoctlCmd = IoctlCmd::io(b'X', 4);
+/// `_IO('X', 5)`: unbind this device from inside its own handler.
+pub const XYZ_IOC_UNBIND_SELF: IoctlCmd = IoctlCmd::io(b'X', 5);
+/// FIFO capacity.
+pub const FIFO_SIZE: usize = 64 * 1024;
+/// The longest `XYZ_IOC_HOLD` accepted, in milliseconds.
+pub const HOLD_MAX_MS: u32 = 60_000;
+/// Minors the driver reserves (devices it can bind at once).
+pub const XYZ_MINORS: u32 = 1024;
+
+/// What happened to xyz bindings, in order, for tests and the torture run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XyzEvent {
+    /// A probe completed (binding id, device name).
+    Probed(u64, String),
+    /// A probe failed after step `n` and was unwound.
+    ProbeFailed(u64, usize),
+    /// The driver's `remove` callback ran.
+    Remove(u64),
+    /// A file of the binding was released.
+    Released(u64),
+    /// A hold began.
+    HoldStart(u64),
+    /// A hold ended.
+    HoldEnd(u64),
+    /// The binding's minor was freed (a managed resource).
+    MinorFreed(u64),
+    /// The binding's context was dropped.
+    ContextDropped(u64),
+}
+
+/// The driver's event log.
+pub type EventLog = Arc<Mutex<Vec<XyzEvent>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The per-binding context made in `probe` (the seed's
+/// `xyz_driver_context`).
+pub struct XyzContext {
+    binding: u64,
+    count: Arc<AtomicU64>,
+    fifo: Mutex<VecDeque<u8>>,
+    /// Readers and `POLLIN` pollers.
+    readable: WaitQueue,
+    /// Writers and `POLLOUT` pollers.
+    writable: WaitQueue,
+    /// `XYZ_IOC_WAIT` sleepers: never woken but by cancellation.
+    never: WaitQueue,
+    /// The hardware lock.
+    pub hw: CancellableMutex<()>,
+    events: Option<EventLog>,
+}
+
+impl XyzContext {
+    fn event(&self, e: XyzEvent) {
+        if let Some(log) = &self.events {
+            lock(log).push(e);
+        }
+    }
+
+    /// The binding this context belongs to.
+    pub fn binding(&self) -> u64 {
+        self.binding
+    }
+
+    /// The operation count.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for XyzContext {
+    fn drop(&mut self) {
+        self.event(XyzEvent::ContextDropped(self.binding));
+    }
+}
+
+/// The character device's operations (the seed's `xyz_ioctl_dev`): they
+/// hold the host's context.
+pub struct XyzIoctlDev {
+    ctx: Arc<XyzContext>,
+    dev: WeakDevice,
+}
+
+impl FileOperations for XyzIoctlDev {
+    type File = ();
+
+    fn open(&self, _cx: &Ctx<'_>) -> KResult<()> {
+        Ok(())
+    }
+
+    fn read(&self, _f: &(), cx: &Ctx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let ctx = &self.ctx;
+        loop {
+            {
+                let mut fifo = lock(&ctx.fifo);
+                if !fifo.is_empty() {
+                    let n = buf.len().min(fifo.len());
+                    for (dst, src) in buf.iter_mut().zip(fifo.drain(..n)) {
+                        *dst = src;
+                    }
+                    drop(fifo);
+                    ctx.writable.wake_all();
+                    return Ok(n);
+                }
+            }
+            if cx.nonblock() {
+                return Err(Errno::EAGAIN);
+            }
+            cx.wait_event(&ctx.readable, || !lock(&ctx.fifo).is_empty())?;
+        }
+    }
+
+    fn write(&self, _f: &(), cx: &Ctx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let ctx = &self.ctx;
+        loop {
+            {
+                let mut fifo = lock(&ctx.fifo);
+                let room = FIFO_SIZE - fifo.len();
+                if room > 0 {
+                    let n = room.min(data.len());
+                    fifo.extend(&data[..n]);
+                    drop(fifo);
+                    ctx.readable.wake_all();
+                    return Ok(n);
+                }
+            }
+            if cx.nonblock() {
+                return Err(Errno::EAGAIN);
+            }
+            cx.wait_event(&ctx.writable, || lock(&ctx.fifo).len() < FIFO_SIZE)?;
+        }
+    }
+
+    fn ioctl(&self, _f: &(), cx: &Ctx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+        let ctx = &self.ctx;
+        match io.cmd() {
+            XYZ_IOC_COUNT => {
+                let n = ctx.count.fetch_add(1, Ordering::Relaxed) + 1;
+                io.set_output(&n.to_ne_bytes())?;
+                Ok(0)
+            }
+            XYZ_IOC_HOLD => {
+                let ms = io.input_u32()?;
+                if ms > HOLD_MAX_MS {
+                    return Err(Errno::EINVAL);
+                }
+                ctx.event(XyzEvent::HoldStart(ctx.binding));
+                // Deliberately not a cancellable wait: hardware is busy.
+                std::thread::sleep(Duration::from_millis(u64::from(ms)));
+                ctx.event(XyzEvent::HoldEnd(ctx.binding));
+                Ok(0)
+            }
+            XYZ_IOC_WAIT => cx.wait_event(&ctx.never, || false).map(|()| 0),
+            XYZ_IOC_LOCK => cx.lock(&ctx.hw).map(|_| 0),
+            XYZ_IOC_UNBIND_SELF => {
+                let dev = self.dev.upgrade().ok_or(Errno::ENODEV)?;
+                match dev.unbind()? {
+                    Unbound::Deferred => Ok(1),
+                    Unbound::Complete => Ok(0),
+                }
+            }
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    fn poll(&self, _f: &(), _cx: &Ctx<'_>, pt: &PollTable<'_>) -> PollMask {
+        pt.wait(&self.ctx.readable);
+        pt.wait(&self.ctx.writable);
+        let len = lock(&self.ctx.fifo).len();
+        let mut m = PollMask::NONE;
+        if len > 0 {
+            m = m | PollMask::IN | PollMask::RDNORM;
+        }
+        if len < FIFO_SIZE {
+            m = m | PollMask::OUT | PollMask::WRNORM;
+        }
+        m
+    }
+
+    fn release(&self, _file: ()) {
+        self.ctx.event(XyzEvent::Released(self.ctx.binding));
+    }
+}
+
+/// The xyz driver: one chrdev region for all its devices, one minor each.
+pub struct XyzDriver {
+    region: ChrdevRegion,
+    minors: Arc<Mutex<BTreeSet<u32>>>,
+    debugfs: Dentry,
+    events: Option<EventLog>,
+    /// Fail the next probes after this step (0: never): 1 after the minor,
+    /// 2 after the character device, 3 after the debugfs directory.
+    fail_probe_at: Arc<AtomicUsize>,
+    contexts: Arc<Mutex<BTreeMap<String, Weak<XyzContext>>>>,
+}
+
+/// Fault injection and inspection for a registered [`XyzDriver`].
+#[derive(Clone)]
+pub struct XyzControl {
+    fail_probe_at: Arc<AtomicUsize>,
+    contexts: Arc<Mutex<BTreeMap<String, Weak<XyzContext>>>>,
+}
+
+impl XyzControl {
+    /// Makes probes fail after step `n` (1..=3), or never (0).
+    pub fn fail_probe_at(&self, n: usize) {
+        self.fail_probe_at.store(n, Ordering::Relaxed);
+    }
+
+    /// The context of the device called `name`, while it is bound.
+    pub fn context(&self, name: &str) -> Option<Arc<XyzContext>> {
+        lock(&self.contexts).get(name).and_then(Weak::upgrade)
+    }
+}
+
+impl XyzDriver {
+    /// The driver, with its chrdev region and its `xyz` debugfs directory
+    /// made on `sys` (module init).
+    pub fn new(sys: &System, events: Option<EventLog>) -> devlife_core::Result<(Self, XyzControl)> {
+        let region = sys.alloc_chrdev_region(0, XYZ_MINORS, "xyz")?;
+        let root = sys.debugfs();
+        let debugfs = match root.child("xyz") {
+            Some(d) => d,
+            None => root.create_dir("xyz")?,
+        };
+        let drv = XyzDriver {
+            region,
+            minors: Arc::default(),
+            debugfs,
+            events,
+            fail_probe_at: Arc::default(),
+            contexts: Arc::default(),
+        };
+        let ctl = XyzControl { fail_probe_at: drv.fail_probe_at.clone(), contexts: drv.contexts.clone() };
+        Ok((drv, ctl))
+    }
+
+    fn event(&self, e: XyzEvent) {
+        if let Some(log) = &self.events {
+            lock(log).push(e);
+        }
+    }
+
+    fn fail_after(&self, step: usize, binding: u64) -> KResult<()> {
+        if self.fail_probe_at.load(Ordering::Relaxed) == step {
+            self.event(XyzEvent::ProbeFailed(binding, step));
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+}
+
+impl Driver for XyzDriver {
+    type Data = Arc<XyzContext>;
+
+    fn name(&self) -> &str {
+        "xyz"
+    }
+
+    fn id_table(&self) -> &[&str] {
+        &["xyz"]
+    }
+
+    fn probe(&self, dev: &Bound<'_>) -> KResult<Arc<XyzContext>> {
+        let binding = dev.binding_id();
+        let ctx = Arc::new(XyzContext {
+            binding,
+            count: Arc::new(AtomicU64::new(0)),
+            fifo: Mutex::new(VecDeque::new()),
+            readable: WaitQueue::new(),
+            writable: WaitQueue::new(),
+            never: WaitQueue::new(),
+            hw: CancellableMutex::new(()),
+            events: self.events.clone(),
+        });
+
+        // Step 1: a minor, freed when the binding ends.
+        let minor = {
+            let mut used = lock(&self.minors);
+            let m = (0..self.region.count()).find(|m| !used.contains(m)).ok_or(Errno::ENOSPC)?;
+            used.insert(m);
+            m
+        };
+        let (minors, events) = (self.minors.clone(), self.events.clone());
+        dev.devres().add_or_reset("xyz minor", move || {
+            lock(&minors).remove(&minor);
+            if let Some(log) = events {
+                lock(&log).push(XyzEvent::MinorFreed(binding));
+            }
+        })?;
+        self.fail_after(1, binding)?;
+
+        // Step 2: the character device, removed before the context drops.
+        let devt = self.region.devt(minor).ok_or(Errno::ENOSPC)?;
+        let node = DeviceNode::new(dev.name(), devt).class("xyz");
+        devm_cdev_device_add(
+            dev,
+            Cdev::new(XyzIoctlDev { ctx: ctx.clone(), dev: dev.device().downgrade() }),
+            node,
+        )?;
+        self.fail_after(2, binding)?;
+
+        // Step 3: debugfs xyz/<name>/ops.
+        let dir = devm_create_dir(dev, &self.debugfs, dev.name())?;
+        dir.create_u64("ops", 0o444, ctx.count.clone())?;
+        self.fail_after(3, binding)?;
+
+        lock(&self.contexts).insert(dev.name().to_owned(), Arc::downgrade(&ctx));
+        self.event(XyzEvent::Probed(binding, dev.name().to_owned()));
+        Ok(ctx)
+    }
+
+    fn remove(&self, dev: &Bound<'_>, ctx: &Arc<XyzContext>) {
+        self.event(XyzEvent::Remove(ctx.binding));
+        let mut c = lock(&self.contexts);
+        if c.get(dev.name()).is_some_and(|w| w.as_ptr() == Arc::as_ptr(ctx)) {
+            c.remove(dev.name());
+        }
+    }
+}
+
+/// Registers bus `sim` (if missing) and the xyz driver on `sys`.
+pub fn register(sys: &System, events: Option<EventLog>) -> devlife_core::Result<XyzControl> {
+    let bus = match sys.bus("sim") {
+        Some(b) => b,
+        None => sys.bus_register("sim")?,
+    };
+    let (drv, ctl) = XyzDriver::new(sys, events)?;
+    bus.register_driver(drv)?;
+    Ok(ctl)
+}
