@@ -73,3 +73,8 @@ pub use system::{DevNode, System};
 
 /// The gate crate, re-exported for drivers' wait queues and locks.
 pub use devlife_gate as gate;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

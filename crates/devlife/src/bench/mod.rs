@@ -1,0 +1,89 @@
+//! Benchmarks: each measures what its name says, on this machine, and
+//! prints a table or (`--json`) one JSON object per line.
+
+pub mod gate;
+
+use std::fmt::Write;
+
+/// Options every benchmark takes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Opts {
+    /// A shorter run (seconds, not minutes): fewer and shorter samples.
+    #[arg(long)]
+    pub quick: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A JSON value of a result row.
+pub enum V {
+    S(String),
+    I(u64),
+    F(f64),
+}
+
+/// One result row: ordered `key: value` pairs.
+pub struct Row(pub Vec<(&'static str, V)>);
+
+impl Row {
+    /// The row as one JSON object.
+    pub fn json(&self) -> String {
+        let mut s = String::from("{");
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "\"{k}\":");
+            match v {
+                V::S(x) => {
+                    s.push('"');
+                    for c in x.chars() {
+                        match c {
+                            '"' => s.push_str("\\\""),
+                            '\\' => s.push_str("\\\\"),
+                            c if (c as u32) < 0x20 => {
+                                let _ = write!(s, "\\u{:04x}", c as u32);
+                            }
+                            c => s.push(c),
+                        }
+                    }
+                    s.push('"');
+                }
+                V::I(x) => {
+                    let _ = write!(s, "{x}");
+                }
+                V::F(x) if x.is_finite() => {
+                    let _ = write!(s, "{x:.4}");
+                }
+                V::F(_) => s.push_str("null"),
+            }
+        }
+        s.push('}');
+        s
+    }
+}
+
+/// The `p`th percentile (0..=100) of sorted `xs`.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
+    xs[i.min(xs.len() - 1)]
+}
+
+/// A one-line description of the machine (CPU model, cores, kernel).
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}

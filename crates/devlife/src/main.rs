@@ -1,0 +1,40 @@
+//! `devlife`: the command-line front end.
+//!
+//! * `devlife bench gate [--quick] [--json]`: the gate against the usual
+//!   ways of counting in-flight operations.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "devlife", version, about = "A driver core whose removal waits for file operations")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// try_enter + drop against RwLock, atomic refcounts, Arc, epoch pinning;
+    /// kill_and_drain latency.
+    Gate(bench::Opts),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
+    }
+    ExitCode::SUCCESS
+}
