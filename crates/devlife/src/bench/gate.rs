@@ -185,44 +185,59 @@ struct Latency {
     samples: usize,
 }
 
+/// One gate to kill, and how often the hammering threads entered it.
+struct Sample {
+    gate: Gate,
+    entered: AtomicUsize,
+}
+
 /// `kill_and_drain` on fresh gates, with `hammer` threads entering and
-/// leaving the gate being killed.
+/// leaving the very gate being killed.
 fn kill_latency(hammer: usize, samples: usize) -> Latency {
-    let current: Arc<std::sync::Mutex<Arc<Gate>>> = Arc::new(std::sync::Mutex::new(Arc::new(Gate::new())));
+    let first = Arc::new(Sample { gate: Gate::new(), entered: AtomicUsize::new(0) });
+    first.gate.kill();
+    let current = Arc::new(std::sync::Mutex::new(first));
+    // Bumped whenever a new sample is published: workers move to it.
+    let generation = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let entered = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..hammer)
         .map(|_| {
-            let (current, stop, entered) = (current.clone(), stop.clone(), entered.clone());
+            let (current, generation, stop) = (current.clone(), generation.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let g = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    while let Some(guard) = g.try_enter() {
+                    let my_gen = generation.load(Ordering::Acquire);
+                    let s = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    while let Some(guard) = s.gate.try_enter() {
+                        s.entered.fetch_add(1, Ordering::Relaxed);
                         drop(black_box(guard));
-                        entered.fetch_add(1, Ordering::Relaxed);
+                        if generation.load(Ordering::Relaxed) != my_gen {
+                            break;
+                        }
                     }
+                    std::hint::spin_loop();
                 }
             })
         })
         .collect();
     let mut us = Vec::with_capacity(samples);
     for _ in 0..samples {
-        let g = Arc::new(Gate::new());
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = g.clone();
+        let s = Arc::new(Sample { gate: Gate::new(), entered: AtomicUsize::new(0) });
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
+        generation.fetch_add(1, Ordering::Release);
         if hammer > 0 {
-            // Wait until the hammering threads are inside this gate.
-            let seen = entered.load(Ordering::Relaxed);
+            // Wait (bounded) until the hammering threads are using this gate.
             let t = Instant::now();
-            while entered.load(Ordering::Relaxed) < seen + 1000 && t.elapsed() < Duration::from_millis(50) {
+            while s.entered.load(Ordering::Relaxed) < 1000 && t.elapsed() < Duration::from_millis(50) {
                 std::hint::spin_loop();
             }
         }
         let t0 = Instant::now();
-        let r = g.kill_and_drain();
+        let r = s.gate.kill_and_drain();
         us.push(t0.elapsed().as_nanos() as f64 / 1000.0);
         debug_assert!(r.is_ok());
     }
     stop.store(true, Ordering::Relaxed);
+    generation.fetch_add(1, Ordering::Release);
     for w in workers {
         let _ = w.join();
     }
