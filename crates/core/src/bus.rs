@@ -172,6 +172,12 @@ impl Bus {
             Err(Error::NotBound(_)) => Unbound::Complete,
             Err(e) => return Err(e),
         };
+        if let Ok(sys) = self.system() {
+            sys.changed(crate::system::Change::DeviceRemoved {
+                bus: self.inner.name.clone(),
+                name: name.to_owned(),
+            });
+        }
         Ok(r)
     }
 
@@ -291,7 +297,16 @@ impl Bus {
             }
         };
         let Some(b) = binding else { return Err(Error::NotBound(dev.name().to_owned())) };
-        teardown(dev, b, &self.system()?);
+        let sys = self.system()?;
+        let driver = b.driver.drv.name().to_owned();
+        let attrs = dev.attrs().into_iter().map(|(n, _)| n).collect();
+        teardown(dev, b, &sys);
+        sys.changed(crate::system::Change::Unbound {
+            bus: self.inner.name.clone(),
+            name: dev.name().to_owned(),
+            driver,
+            attrs,
+        });
         Ok(Unbound::Complete)
     }
 }

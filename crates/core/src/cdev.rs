@@ -35,14 +35,14 @@ pub struct DeviceNode {
     devt: DevT,
     class: Option<String>,
     mode: u32,
-    uid: u32,
-    gid: u32,
+    owner: Option<(u32, u32)>,
 }
 
 impl DeviceNode {
-    /// Node `name` for device number `devt`, mode `0600`, owned by root.
+    /// Node `name` for device number `devt`, mode `0600`, owned by the
+    /// system's default owner ([`System::set_default_owner`]).
     pub fn new(name: impl Into<String>, devt: DevT) -> Self {
-        DeviceNode { name: name.into(), devt, class: None, mode: 0o600, uid: 0, gid: 0 }
+        DeviceNode { name: name.into(), devt, class: None, mode: 0o600, owner: None }
     }
     /// Lists the node under `/sys/class/<class>/`.
     pub fn class(mut self, class: impl Into<String>) -> Self {
@@ -56,8 +56,7 @@ impl DeviceNode {
     }
     /// Owner and group.
     pub fn owner(mut self, uid: u32, gid: u32) -> Self {
-        self.uid = uid;
-        self.gid = gid;
+        self.owner = Some((uid, gid));
         self
     }
     /// The node's name.
@@ -101,16 +100,19 @@ impl CdevRegistration {
 
     fn del(&mut self) -> Removed {
         let Some(node) = self.node.take() else { return Removed::Complete };
-        {
+        let class = {
             // Unpublish first: no new lookups or opens by number.
             let mut reg = lock(&self.sys.inner.devnodes);
+            let mut class = None;
             if reg.by_name.get(&self.name).is_some_and(|n| Arc::ptr_eq(&n.node.0, &node)) {
-                reg.by_name.remove(&self.name);
+                class = reg.by_name.remove(&self.name).and_then(|n| n.class);
             }
             if reg.by_devt.get(&self.devt).is_some_and(|n| Arc::ptr_eq(&n.0, &node)) {
                 reg.by_devt.remove(&self.devt);
             }
-        }
+            class
+        };
+        self.sys.changed(crate::system::Change::DevNodeRemoved { name: self.name.clone(), class });
         node.remove_dyn()
     }
 }
@@ -137,6 +139,7 @@ pub(crate) fn add<F: FileOperations>(
     if let Some(c) = &dev.class {
         crate::name::validate(c)?;
     }
+    let (uid, gid) = dev.owner.unwrap_or_else(|| *lock(&sys.inner.default_owner));
     let node: Arc<dyn NodeDyn> =
         Node::new(cdev.ops, NodeKind::Cdev, dev.name.clone(), binding, sys.inner.stats.clone());
     {
@@ -155,8 +158,8 @@ pub(crate) fn add<F: FileOperations>(
                 devt: dev.devt,
                 class: dev.class,
                 mode: dev.mode,
-                uid: dev.uid,
-                gid: dev.gid,
+                uid,
+                gid,
                 node: NodeRef(node.clone()),
             },
         );

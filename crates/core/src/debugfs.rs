@@ -70,6 +70,11 @@ impl Dentry {
         }
     }
 
+    /// A number identifying the entry while it exists.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// Whether the entry has been removed.
     pub fn is_removed(&self) -> bool {
         self.0.removed.load(Ordering::Acquire)

@@ -116,6 +116,11 @@ impl Device {
         self.inner.sys.upgrade().map(System::from_inner)
     }
 
+    /// A number identifying the device while it exists.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     /// Whether two handles name the same device.
     pub fn same(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

@@ -325,6 +325,11 @@ impl NodeRef {
     pub fn same(&self, other: &NodeRef) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+
+    /// A number identifying the object while it exists.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const () as usize
+    }
 }
 
 impl std::fmt::Debug for NodeRef {

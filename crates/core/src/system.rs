@@ -33,6 +33,10 @@ pub(crate) struct SystemInner {
     pub(crate) next_binding: AtomicU64,
     /// Every gated object, for counting handlers in flight.
     nodes: Mutex<Vec<Weak<dyn NodeDyn>>>,
+    /// Owner of device nodes whose driver sets none.
+    pub(crate) default_owner: Mutex<(u32, u32)>,
+    /// Observers of removals (the FUSE tree invalidates kernel caches).
+    hooks: Mutex<Vec<Arc<dyn Fn(&Change) + Send + Sync>>>,
     /// Keeps the misc major reserved for the system's life.
     _misc_region: Mutex<Option<crate::chrdev::ChrdevRegion>>,
 }
@@ -55,6 +59,36 @@ pub struct DevNode {
     pub gid: u32,
     /// The object behind it.
     pub node: NodeRef,
+}
+
+/// Something the tree of objects lost: for caches to forget it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A device node was removed.
+    DevNodeRemoved {
+        /// Its name.
+        name: String,
+        /// Its class.
+        class: Option<String>,
+    },
+    /// A device was deleted from its bus.
+    DeviceRemoved {
+        /// The bus.
+        bus: String,
+        /// The device.
+        name: String,
+    },
+    /// A device lost its driver (and the binding's attributes).
+    Unbound {
+        /// The bus.
+        bus: String,
+        /// The device.
+        name: String,
+        /// The driver it had.
+        driver: String,
+        /// The attributes it had.
+        attrs: Vec<String>,
+    },
 }
 
 #[derive(Default)]
@@ -82,6 +116,8 @@ impl System {
             stats,
             next_binding: AtomicU64::new(1),
             nodes: Mutex::new(Vec::new()),
+            default_owner: Mutex::new((0, 0)),
+            hooks: Mutex::new(Vec::new()),
             _misc_region: Mutex::new(None),
         });
         let sys = System { inner };
@@ -195,6 +231,24 @@ impl System {
             nodes.retain(|n| n.strong_count() > 0);
         }
         nodes.push(Arc::downgrade(node));
+    }
+
+    /// Sets the owner of device nodes whose driver names none (a server
+    /// sets its own user, so that its nodes are its own by default).
+    pub fn set_default_owner(&self, uid: u32, gid: u32) {
+        *lock(&self.inner.default_owner) = (uid, gid);
+    }
+
+    /// Calls `hook` after every [`Change`] (from the thread making it).
+    pub fn on_change(&self, hook: impl Fn(&Change) + Send + Sync + 'static) {
+        lock(&self.inner.hooks).push(Arc::new(hook));
+    }
+
+    pub(crate) fn changed(&self, c: Change) {
+        let hooks: Vec<_> = lock(&self.inner.hooks).clone();
+        for h in hooks {
+            h(&c);
+        }
     }
 
     pub(crate) fn next_binding_id(&self) -> u64 {

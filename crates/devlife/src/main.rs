@@ -1,9 +1,11 @@
 //! `devlife`: the command-line front end.
 //!
+//! * `devlife serve [--mount DIR] [--allow-other]`: the served tree.
 //! * `devlife bench gate [--quick] [--json]`: the gate against the usual
 //!   ways of counting in-flight operations.
 
 mod bench;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Mount the driver core's dev/, sys/ and debug/ trees over FUSE and
+    /// serve them until SIGINT or SIGTERM.
+    Serve(serve::Opts),
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -34,6 +39,7 @@ enum BenchCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Serve(o) => return ExitCode::from(serve::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
     }
     ExitCode::SUCCESS

@@ -1,0 +1,390 @@
+//! [`ServeFs`]: the FUSE operations of the served tree, on top of the
+//! driver core. Errno values cross from the core to the transport here.
+
+use super::control;
+use super::inodes::{Inodes, ROOT};
+use super::tree::{self, Obj};
+use devlife_core::gate::Wake;
+use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
+use devlife_fuse::abi::fopen;
+use devlife_fuse::{DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, Req};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const O_NONBLOCK: u32 = 0o4000;
+
+/// How long the kernel may cache names and attributes of the fixed
+/// structure (`dev`, `sys`, ...); everything that can disappear is served
+/// with no caching, and removals are also notified.
+const FIXED_TTL: Duration = Duration::from_secs(1);
+
+/// An open file of the tree.
+enum Handle {
+    File(File),
+    Text(Vec<u8>),
+    Control(tree::Control),
+}
+
+/// The served tree.
+pub struct ServeFs {
+    sys: System,
+    inodes: Arc<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+    start: u64,
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+fn kerr(e: KErrno) -> Errno {
+    Errno::from_raw_os_error(e.raw())
+}
+
+fn split(path: &str) -> Vec<&str> {
+    path.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() { name.to_owned() } else { format!("{parent}/{name}") }
+}
+
+impl ServeFs {
+    /// The tree of `sys`, owned by `uid`/`gid` (the serving user).
+    pub fn new(sys: System, uid: u32, gid: u32) -> Self {
+        let notifier: Arc<OnceLock<Notifier>> = Arc::default();
+        let inodes = Arc::new(Inodes::default());
+        // Removals invalidate the kernel's cached names at once; the
+        // notifier queues them to its own thread, so this is safe from any
+        // context, including a handler.
+        {
+            let (n, ino) = (notifier.clone(), inodes.clone());
+            sys.on_change(move |c| {
+                let Some(n) = n.get() else { return };
+                let inval = |dir: &str, name: &str| {
+                    if let Some(parent) = ino.peek(dir, 0) {
+                        n.inval_entry(parent, name.as_bytes());
+                    }
+                };
+                match c {
+                    Change::DevNodeRemoved { name, class } => {
+                        inval("dev", name);
+                        if let Some(c) = class {
+                            inval(&format!("sys/class/{c}"), name);
+                        }
+                    }
+                    Change::DeviceRemoved { bus, name } => inval(&format!("sys/bus/{bus}/devices"), name),
+                    Change::Unbound { bus, name, driver, .. } => {
+                        inval(&format!("sys/bus/{bus}/drivers/{driver}"), name)
+                    }
+                }
+            });
+        }
+        let start =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        ServeFs {
+            sys,
+            inodes,
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+            start,
+            notifier,
+        }
+    }
+
+    fn resolve_ino(&self, ino: u64) -> Result<(String, Obj), Errno> {
+        let (path, id) = self.inodes.get(ino).ok_or(Errno::NOENT)?;
+        let obj = tree::resolve(&self.sys, &split(&path)).ok_or(Errno::NOENT)?;
+        // The path now names another object: this inode's object is gone.
+        if obj.id() != id {
+            return Err(Errno::NOENT);
+        }
+        Ok((path, obj))
+    }
+
+    fn attr(&self, ino: u64, obj: &Obj) -> (FileAttr, Duration) {
+        let (mode, uid, gid, size, ttl) = match obj {
+            Obj::Dir { id, mode } => {
+                (S_IFDIR | mode, self.uid, self.gid, 0, if *id == 0 { FIXED_TTL } else { Duration::ZERO })
+            }
+            Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, 0, Duration::ZERO),
+            Obj::Attr { mode, .. } => (S_IFREG | mode, self.uid, self.gid, 4096, Duration::ZERO),
+            Obj::Debug(d) => (S_IFREG | d.mode(), self.uid, self.gid, 0, Duration::ZERO),
+            Obj::Text(t) => (S_IFREG | 0o444, self.uid, self.gid, t.len() as u64, Duration::ZERO),
+            Obj::Control(_) => (S_IFREG | 0o200, self.uid, self.gid, 4096, Duration::ZERO),
+            Obj::Symlink(t) => (S_IFLNK | 0o777, self.uid, self.gid, t.len() as u64, Duration::ZERO),
+        };
+        let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
+        let _ = tree::devt_of(obj);
+        (FileAttr { ino, size, mode, nlink, uid, gid, mtime: self.start }, ttl)
+    }
+
+    fn entry(&self, path: &str, obj: &Obj, count_lookup: bool) -> Entry {
+        let ino = if count_lookup {
+            self.inodes.lookup(path, obj.id())
+        } else {
+            self.inodes.listing(path, obj.id())
+        };
+        let (attr, ttl) = self.attr(ino, obj);
+        Entry { attr, generation: 0, entry_ttl: ttl, attr_ttl: ttl }
+    }
+
+    fn caller<'a>(req: &Req<'a>, flags: u32) -> Caller<'a> {
+        Caller {
+            creds: Credentials { uid: req.uid, gid: req.gid, pid: req.pid },
+            nonblock: flags & O_NONBLOCK != 0,
+            interrupt: Some(req.interrupt),
+        }
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Open files the kernel has not released.
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Wakes the kernel's pollers of one poll handle.
+struct KernelPoller {
+    notifier: Notifier,
+    kh: u64,
+}
+
+impl Wake for KernelPoller {
+    fn wake(&self) {
+        self.notifier.poll_wakeup(self.kh);
+    }
+}
+
+impl Filesystem for ServeFs {
+    fn init(&self, notifier: &Notifier) {
+        let _ = self.notifier.set(notifier.clone());
+    }
+
+    fn lookup(&self, _req: &Req<'_>, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+        let (ppath, pobj) = self.resolve_ino(parent)?;
+        if !matches!(pobj, Obj::Dir { .. }) {
+            return Err(Errno::NOTDIR);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| Errno::NOENT)?;
+        let path = join(&ppath, name);
+        let obj = tree::resolve(&self.sys, &split(&path)).ok_or(Errno::NOENT)?;
+        Ok(self.entry(&path, &obj, true))
+    }
+
+    fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.forget(ino, nlookup);
+    }
+
+    fn getattr(&self, _req: &Req<'_>, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        let (_, obj) = self.resolve_ino(ino)?;
+        Ok(self.attr(ino, &obj))
+    }
+
+    fn setattr(
+        &self,
+        _req: &Req<'_>,
+        ino: u64,
+        set: &devlife_fuse::abi::SetattrIn,
+    ) -> Result<(FileAttr, Duration), Errno> {
+        use devlife_fuse::abi::fattr;
+        let (_, obj) = self.resolve_ino(ino)?;
+        // Truncation (`echo > file` opens with O_TRUNC) is accepted and
+        // ignored: these files have no stored contents. Nothing else changes.
+        if set.valid & (fattr::MODE | fattr::UID | fattr::GID) != 0 {
+            return Err(Errno::PERM);
+        }
+        Ok(self.attr(ino, &obj))
+    }
+
+    fn readlink(&self, _req: &Req<'_>, ino: u64) -> Result<Vec<u8>, Errno> {
+        match self.resolve_ino(ino)?.1 {
+            Obj::Symlink(t) => Ok(t.into_bytes()),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    fn open(&self, req: &Req<'_>, ino: u64, flags: u32) -> Result<Opened, Errno> {
+        let (_, obj) = self.resolve_ino(ino)?;
+        let caller = Self::caller(req, flags);
+        let (h, oflags) = match obj {
+            Obj::DevNode(n) => {
+                (Handle::File(n.node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO | fopen::NONSEEKABLE)
+            }
+            Obj::Attr { node, .. } => (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO),
+            Obj::Debug(d) => {
+                let node = d.node().ok_or(Errno::ISDIR)?;
+                (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO)
+            }
+            Obj::Text(t) => (Handle::Text(t.into_bytes()), fopen::DIRECT_IO),
+            Obj::Control(c) => (Handle::Control(c), fopen::DIRECT_IO),
+            Obj::Dir { .. } => return Err(Errno::ISDIR),
+            Obj::Symlink(_) => return Err(Errno::LOOP),
+        };
+        Ok(Opened { fh: self.add_handle(h), flags: oflags })
+    }
+
+    fn read(
+        &self,
+        req: &Req<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        flags: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Errno> {
+        match &*self.handle(fh)? {
+            Handle::File(f) => {
+                out.resize(size as usize, 0);
+                let n = f.read(out, offset, &Self::caller(req, flags)).map_err(kerr)?;
+                out.truncate(n);
+            }
+            Handle::Text(t) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(t.len());
+                let end = start.saturating_add(size as usize).min(t.len());
+                out.extend_from_slice(&t[start..end]);
+            }
+            Handle::Control(_) => return Err(Errno::INVAL),
+        }
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        req: &Req<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        flags: u32,
+    ) -> Result<u32, Errno> {
+        match &*self.handle(fh)? {
+            Handle::File(f) => {
+                f.write(data, offset, &Self::caller(req, flags)).map(|n| n as u32).map_err(kerr)
+            }
+            Handle::Text(_) => Err(Errno::ACCESS),
+            Handle::Control(c) => {
+                control::write(&self.sys, c, data).map_err(kerr)?;
+                Ok(data.len() as u32)
+            }
+        }
+    }
+
+    fn flush(&self, req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
+        match &*self.handle(fh)? {
+            Handle::File(f) => f.flush(&Self::caller(req, 0)).map_err(kerr),
+            _ => Ok(()),
+        }
+    }
+
+    fn release(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
+        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        if let Some(h) = h {
+            if let Handle::File(f) = &*h {
+                // Releases now, even if an interrupted request on this file
+                // still holds the handle: its waits are cancelled.
+                f.close();
+            }
+        }
+        Ok(())
+    }
+
+    fn readdir(
+        &self,
+        _req: &Req<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        out: &mut DirBuf<'_>,
+    ) -> Result<(), Errno> {
+        let (path, obj) = self.resolve_ino(ino)?;
+        if !matches!(obj, Obj::Dir { .. }) {
+            return Err(Errno::NOTDIR);
+        }
+        let parent = split(&path);
+        let parent_path =
+            if parent.is_empty() { String::new() } else { parent[..parent.len() - 1].join("/") };
+        let dot = |o: Obj| o;
+        let mut entries: Vec<(String, String, Obj)> = vec![
+            (".".into(), path.clone(), dot(obj.clone())),
+            (
+                "..".into(),
+                parent_path.clone(),
+                tree::resolve(&self.sys, &split(&parent_path)).unwrap_or(obj.clone()),
+            ),
+        ];
+        entries.extend(
+            tree::children(&self.sys, &parent).into_iter().map(|(n, o)| (n.clone(), join(&path, &n), o)),
+        );
+        for (i, (name, p, o)) in entries.into_iter().enumerate().skip(offset as usize) {
+            let plus = out.is_plus() && name != "." && name != "..";
+            let e = self.entry(&p, &o, plus);
+            if !out.add(&e, i as u64 + 1, name.as_bytes()) {
+                if plus {
+                    // Not sent: undo the lookup it counted.
+                    self.inodes.forget(e.attr.ino, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn ioctl(
+        &self,
+        req: &Req<'_>,
+        _ino: u64,
+        fh: u64,
+        cmd: u32,
+        arg: u64,
+        input: &[u8],
+        _out_size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<i32, Errno> {
+        match &*self.handle(fh)? {
+            Handle::File(f) => {
+                let r =
+                    f.ioctl(IoctlCmd::from_raw(cmd), arg, input, out, &Self::caller(req, 0)).map_err(kerr)?;
+                i32::try_from(r).map_err(|_| Errno::OVERFLOW)
+            }
+            _ => Err(Errno::NOTTY),
+        }
+    }
+
+    fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {
+        match &*self.handle(fh)? {
+            Handle::File(f) => {
+                let waker: Option<Arc<dyn Wake>> = kh
+                    .map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
+                Ok(f.poll_once(&Self::caller(req, 0), waker.as_ref()).0)
+            }
+            _ => Ok(PollMask::DEFAULT.0),
+        }
+    }
+
+    fn access(&self, _req: &Req<'_>, ino: u64, _mask: u32) -> Result<(), Errno> {
+        self.resolve_ino(ino).map(drop)
+    }
+}
+
+#[allow(dead_code)]
+fn _root() -> u64 {
+    ROOT
+}

@@ -1,0 +1,109 @@
+//! Inode numbers for paths, with the object each stood for.
+//!
+//! An inode remembers the path it was looked up by and the identity of the
+//! object found there. Every request re-resolves the path and compares
+//! identities: when a device is removed and another appears under the same
+//! name, requests on the old inode fail `ENOENT` instead of reaching the new
+//! object (the stale-`i_cdev` problem of containers and devtmpfs).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The root directory's inode number.
+pub const ROOT: u64 = 1;
+
+struct Inode {
+    path: String,
+    id: usize,
+    lookups: u64,
+}
+
+/// The inode table.
+pub struct Inodes {
+    inner: Mutex<Table>,
+}
+
+struct Table {
+    by_ino: HashMap<u64, Inode>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut by_ino = HashMap::new();
+        by_ino.insert(ROOT, Inode { path: String::new(), id: 0, lookups: 1 });
+        let mut by_path = HashMap::new();
+        by_path.insert(String::new(), ROOT);
+        Inodes { inner: Mutex::new(Table { by_ino, by_path, next: ROOT + 1 }) }
+    }
+}
+
+impl Inodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The path and object identity of `ino`.
+    pub fn get(&self, ino: u64) -> Option<(String, usize)> {
+        self.lock().by_ino.get(&ino).map(|i| (i.path.clone(), i.id))
+    }
+
+    /// The inode of `path` if it is known and stands for object `id`.
+    pub fn peek(&self, path: &str, id: usize) -> Option<u64> {
+        let t = self.lock();
+        t.by_path.get(path).copied().filter(|ino| t.by_ino.get(ino).is_some_and(|i| i.id == id))
+    }
+
+    /// Counts one kernel lookup of `path` (object `id`); returns its inode,
+    /// a new one if the path now names another object.
+    pub fn lookup(&self, path: &str, id: usize) -> u64 {
+        let mut t = self.lock();
+        if let Some(&ino) = t.by_path.get(path) {
+            if let Some(i) = t.by_ino.get_mut(&ino) {
+                if i.id == id {
+                    i.lookups += 1;
+                    return ino;
+                }
+            }
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_ino.insert(ino, Inode { path: path.to_owned(), id, lookups: 1 });
+        t.by_path.insert(path.to_owned(), ino);
+        ino
+    }
+
+    /// The inode number a directory listing shows for `path` (no lookup is
+    /// counted: a known inode's, or a fresh number the kernel will look up).
+    pub fn listing(&self, path: &str, id: usize) -> u64 {
+        self.peek(path, id).unwrap_or(u64::MAX)
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.lock();
+        let gone = match t.by_ino.get_mut(&ino) {
+            Some(i) => {
+                i.lookups = i.lookups.saturating_sub(n);
+                i.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(i) = t.by_ino.remove(&ino) {
+                if t.by_path.get(&i.path) == Some(&ino) {
+                    t.by_path.remove(&i.path);
+                }
+            }
+        }
+    }
+
+    /// Known inodes (for tests of FORGET handling).
+    pub fn len(&self) -> usize {
+        self.lock().by_ino.len()
+    }
+}

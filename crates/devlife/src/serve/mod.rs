@@ -1,0 +1,132 @@
+//! `devlife serve`: the driver core, with the xyz driver and two devices,
+//! served over FUSE to unmodified processes.
+
+mod control;
+mod fs;
+mod inodes;
+mod tree;
+
+pub use fs::ServeFs;
+
+use devlife_core::System;
+use devlife_fuse::mount::{self, MountOptions, MountState};
+use devlife_fuse::{Config, Session};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Options of `devlife serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// Where to mount (default `$XDG_RUNTIME_DIR/devlife`, else
+    /// `/tmp/devlife-<uid>`; created if missing).
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+    /// Let other users reach the mount (node modes then decide).
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("devlife"),
+        _ => PathBuf::from(format!("/tmp/devlife-{}", rustix::process::getuid().as_raw())),
+    }
+}
+
+/// Builds the system served by default: bus `sim`, the xyz driver, `xyz0`
+/// and `xyz1`.
+pub fn default_system(uid: u32, gid: u32) -> devlife_core::Result<System> {
+    let sys = System::new();
+    sys.set_default_owner(uid, gid);
+    devlife_drivers::xyz::register(&sys, None)?;
+    let bus = sys.bus(tree::SIM_BUS).ok_or(devlife_core::Error::NoSuchBus(tree::SIM_BUS.into()))?;
+    for d in ["xyz0", "xyz1"] {
+        bus.add_device(d, "xyz")?;
+    }
+    Ok(sys)
+}
+
+/// Runs the server until SIGINT or SIGTERM. Returns the exit status.
+pub fn run(o: &Opts) -> i32 {
+    match serve(o) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("devlife serve: {e}");
+            1
+        }
+    }
+}
+
+fn serve(o: &Opts) -> Result<(), String> {
+    let dir = o.mount.clone().unwrap_or_else(default_dir);
+    std::fs::create_dir_all(&dir).or_else(|e| {
+        // A stale mount makes the directory itself fail with ENOTCONN.
+        if mount::state(&dir) == MountState::Stale {
+            Ok(())
+        } else {
+            Err(format!("cannot create {}: {e}", dir.display()))
+        }
+    })?;
+    match mount::state(&dir) {
+        MountState::Stale => {
+            eprintln!("devlife serve: clearing a stale mount at {} (its server is gone)", dir.display());
+            mount::clear_stale(&dir)
+                .map_err(|e| format!("cannot clear the stale mount at {}: {e}", dir.display()))?;
+        }
+        MountState::Live => return Err(format!("{} is already mounted by a live server", dir.display())),
+        MountState::Free => {}
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let sys = default_system(uid, gid).map_err(|e| format!("cannot set up the drivers: {e}"))?;
+
+    // Signals are taken by a thread of their own, set up before anything
+    // else starts threads.
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+
+    let opts =
+        MountOptions { allow_other: o.allow_other, fsname: "devlife".into(), subtype: "devlife".into() };
+    let m = mount::mount(&dir, &opts).map_err(|e| format!("cannot mount {}: {e}", dir.display()))?;
+    let session = Session::start(m.fd, ServeFs::new(sys.clone(), uid, gid), Config::default())
+        .map_err(|e| format!("FUSE handshake failed: {e}"))?;
+    println!("ready {}", m.dir.display());
+    let _ = std::io::stdout().flush();
+
+    // An external unmount (or abort) ends the session: exit then too.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<&'static str>();
+    let session = std::sync::Arc::new(session);
+    {
+        let (s, tx) = (session.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            s.wait();
+            let _ = tx.send("connection ended");
+        });
+    }
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = done_tx.send("signal");
+        }
+    });
+    let why = done_rx.recv().unwrap_or("signal");
+    shutdown(&sys);
+    if why == "signal" {
+        if let Err(e) = mount::unmount(&m.dir) {
+            eprintln!("devlife serve: unmount {}: {e}", m.dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Removes every device (each removal drains its handlers and releases
+/// its open files).
+fn shutdown(sys: &System) {
+    for bus in sys.buses() {
+        for d in bus.devices() {
+            if let Err(e) = bus.delete_device(d.name()) {
+                eprintln!("devlife serve: removing {}: {e}", d.name());
+            }
+        }
+    }
+}

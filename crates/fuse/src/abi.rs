@@ -1,0 +1,135 @@
+//! The FUSE kernel ABI (`include/uapi/linux/fuse.h`), as plain structs the
+//! decoder reads with `zerocopy` (no `unsafe` casts).
+//!
+//! Only what this server speaks is here. Sizes are pinned at compile time
+//! against the header's.
+
+#![allow(missing_docs)] // field names are the kernel's; see fuse.h
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Protocol major version.
+pub const KERNEL_VERSION: u32 = 7;
+/// The minor version this server speaks (it answers with the smaller of
+/// this and the kernel's).
+pub const KERNEL_MINOR_VERSION: u32 = 31;
+
+/// Opcodes.
+pub mod op {
+    pub const LOOKUP: u32 = 1;
+    pub const FORGET: u32 = 2;
+    pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const READLINK: u32 = 5;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
+    pub const RELEASE: u32 = 18;
+    pub const FLUSH: u32 = 25;
+    pub const INIT: u32 = 26;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const ACCESS: u32 = 34;
+    pub const INTERRUPT: u32 = 36;
+    pub const DESTROY: u32 = 38;
+    pub const IOCTL: u32 = 39;
+    pub const POLL: u32 = 40;
+    pub const BATCH_FORGET: u32 = 42;
+    pub const READDIRPLUS: u32 = 44;
+}
+
+/// Notification codes (the `error` field of a notification's header).
+pub mod notify {
+    pub const POLL: i32 = 1;
+    pub const INVAL_ENTRY: i32 = 3;
+    pub const DELETE: i32 = 6;
+}
+
+/// INIT flags.
+pub mod init {
+    pub const ASYNC_READ: u32 = 1 << 0;
+    pub const BIG_WRITES: u32 = 1 << 5;
+    pub const DO_READDIRPLUS: u32 = 1 << 13;
+    pub const READDIRPLUS_AUTO: u32 = 1 << 14;
+    pub const PARALLEL_DIROPS: u32 = 1 << 18;
+    pub const ABORT_ERROR: u32 = 1 << 21;
+    pub const MAX_PAGES: u32 = 1 << 22;
+}
+
+/// `fuse_open_out.open_flags`.
+pub mod fopen {
+    pub const DIRECT_IO: u32 = 1 << 0;
+    pub const KEEP_CACHE: u32 = 1 << 1;
+    pub const NONSEEKABLE: u32 = 1 << 2;
+    pub const STREAM: u32 = 1 << 4;
+}
+
+/// `fuse_setattr_in.valid`.
+pub mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+}
+
+/// `fuse_ioctl_in.flags`.
+pub mod ioctl {
+    pub const COMPAT: u32 = 1 << 0;
+    pub const UNRESTRICTED: u32 = 1 << 1;
+    pub const RETRY: u32 = 1 << 2;
+    pub const DIR: u32 = 1 << 4;
+}
+
+/// `fuse_poll_in.flags`: the kernel wants a notification when readiness
+/// may have changed.
+pub const POLL_SCHEDULE_NOTIFY: u32 = 1 << 0;
+
+macro_rules! abi {
+    ($($(#[$m:meta])* pub struct $name:ident { $(pub $f:ident: $t:ty,)* } = $size:expr;)*) => {
+        $(
+            $(#[$m])*
+            #[repr(C)]
+            #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+            pub struct $name { $(pub $f: $t,)* }
+            const _: () = assert!(std::mem::size_of::<$name>() == $size);
+        )*
+    };
+}
+
+abi! {
+    pub struct InHeader { pub len: u32, pub opcode: u32, pub unique: u64, pub nodeid: u64, pub uid: u32, pub gid: u32, pub pid: u32, pub total_extlen: u16, pub padding: u16, } = 40;
+    pub struct OutHeader { pub len: u32, pub error: i32, pub unique: u64, } = 16;
+    pub struct InitIn { pub major: u32, pub minor: u32, pub max_readahead: u32, pub flags: u32, } = 16;
+    pub struct InitOut { pub major: u32, pub minor: u32, pub max_readahead: u32, pub flags: u32, pub max_background: u16, pub congestion_threshold: u16, pub max_write: u32, pub time_gran: u32, pub max_pages: u16, pub map_alignment: u16, pub flags2: u32, pub unused: [u32; 7], } = 64;
+    pub struct Attr { pub ino: u64, pub size: u64, pub blocks: u64, pub atime: u64, pub mtime: u64, pub ctime: u64, pub atimensec: u32, pub mtimensec: u32, pub ctimensec: u32, pub mode: u32, pub nlink: u32, pub uid: u32, pub gid: u32, pub rdev: u32, pub blksize: u32, pub flags: u32, } = 88;
+    pub struct EntryOut { pub nodeid: u64, pub generation: u64, pub entry_valid: u64, pub attr_valid: u64, pub entry_valid_nsec: u32, pub attr_valid_nsec: u32, pub attr: Attr, } = 128;
+    pub struct AttrOut { pub attr_valid: u64, pub attr_valid_nsec: u32, pub dummy: u32, pub attr: Attr, } = 104;
+    pub struct ForgetIn { pub nlookup: u64, } = 8;
+    pub struct BatchForgetIn { pub count: u32, pub dummy: u32, } = 8;
+    pub struct ForgetOne { pub nodeid: u64, pub nlookup: u64, } = 16;
+    pub struct GetattrIn { pub getattr_flags: u32, pub dummy: u32, pub fh: u64, } = 16;
+    pub struct SetattrIn { pub valid: u32, pub padding: u32, pub fh: u64, pub size: u64, pub lock_owner: u64, pub atime: u64, pub mtime: u64, pub ctime: u64, pub atimensec: u32, pub mtimensec: u32, pub ctimensec: u32, pub mode: u32, pub unused4: u32, pub uid: u32, pub gid: u32, pub unused5: u32, } = 88;
+    pub struct OpenIn { pub flags: u32, pub open_flags: u32, } = 8;
+    pub struct OpenOut { pub fh: u64, pub open_flags: u32, pub padding: u32, } = 16;
+    pub struct ReleaseIn { pub fh: u64, pub flags: u32, pub release_flags: u32, pub lock_owner: u64, } = 24;
+    pub struct FlushIn { pub fh: u64, pub unused: u32, pub padding: u32, pub lock_owner: u64, } = 24;
+    pub struct ReadIn { pub fh: u64, pub offset: u64, pub size: u32, pub read_flags: u32, pub lock_owner: u64, pub flags: u32, pub padding: u32, } = 40;
+    pub struct WriteIn { pub fh: u64, pub offset: u64, pub size: u32, pub write_flags: u32, pub lock_owner: u64, pub flags: u32, pub padding: u32, } = 40;
+    pub struct WriteOut { pub size: u32, pub padding: u32, } = 8;
+    pub struct Kstatfs { pub blocks: u64, pub bfree: u64, pub bavail: u64, pub files: u64, pub ffree: u64, pub bsize: u32, pub namelen: u32, pub frsize: u32, pub padding: u32, pub spare: [u32; 6], } = 80;
+    pub struct AccessIn { pub mask: u32, pub padding: u32, } = 8;
+    pub struct InterruptIn { pub unique: u64, } = 8;
+    pub struct IoctlIn { pub fh: u64, pub flags: u32, pub cmd: u32, pub arg: u64, pub in_size: u32, pub out_size: u32, } = 32;
+    pub struct IoctlOut { pub result: i32, pub flags: u32, pub in_iovs: u32, pub out_iovs: u32, } = 16;
+    pub struct PollIn { pub fh: u64, pub kh: u64, pub flags: u32, pub events: u32, } = 24;
+    pub struct PollOut { pub revents: u32, pub padding: u32, } = 8;
+    pub struct NotifyPollWakeupOut { pub kh: u64, } = 8;
+    pub struct NotifyInvalEntryOut { pub parent: u64, pub namelen: u32, pub flags: u32, } = 16;
+    pub struct NotifyDeleteOut { pub parent: u64, pub child: u64, pub namelen: u32, pub padding: u32, } = 24;
+    pub struct Dirent { pub ino: u64, pub off: u64, pub namelen: u32, pub typ: u32, } = 24;
+}
+
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
+pub const DEV_IOC_CLONE: u32 = 0x8004_e500;

@@ -1,0 +1,29 @@
+//! A FUSE server transport, written for device servers.
+//!
+//! Why not fuser: fuser 0.18 answers `FUSE_INTERRUPT` with `ENOSYS`, after
+//! which the kernel waits out every request the server holds, so a process
+//! blocked in `read(2)` on a device node can be stopped by neither Ctrl-C
+//! nor SIGKILL; its worker pool is fixed, so blocking handlers starve it;
+//! and notifications sent from a handler can deadlock. This crate handles
+//! interrupts, grows its pool when every worker is busy, and sends entry
+//! notifications from a thread of their own. It knows nothing of devices.
+//!
+//! * [`abi`]: the kernel ABI (`fuse.h`), read with `zerocopy`.
+//! * [`decode`]: bytes to a typed [`Operation`](decode::Operation), with a
+//!   typed [`DecodeError`](decode::DecodeError).
+//! * [`mount`]: `mount(2)` as root, `fusermount3` otherwise, stale mounts.
+//! * [`Session`]: INIT, workers, interrupts, dispatch to a [`Filesystem`].
+//! * [`Notifier`]: poll wake-ups, entry invalidation and deletion.
+
+pub mod abi;
+pub mod decode;
+mod fs;
+pub mod mount;
+mod notify;
+mod reply;
+mod session;
+
+pub use fs::{DirBuf, Entry, FileAttr, Filesystem, Opened, Req};
+pub use notify::Notifier;
+pub use rustix::io::Errno;
+pub use session::{Config, Session};
