@@ -36,7 +36,7 @@ pub(crate) struct SystemInner {
     /// Owner of device nodes whose driver sets none.
     pub(crate) default_owner: Mutex<(u32, u32)>,
     /// Observers of removals (the FUSE tree invalidates kernel caches).
-    hooks: Mutex<Vec<Arc<dyn Fn(&Change) + Send + Sync>>>,
+    hooks: Mutex<Vec<ChangeHook>>,
     /// Keeps the misc major reserved for the system's life.
     _misc_region: Mutex<Option<crate::chrdev::ChrdevRegion>>,
 }
@@ -60,6 +60,9 @@ pub struct DevNode {
     /// The object behind it.
     pub node: NodeRef,
 }
+
+/// An observer of [`Change`]s.
+type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 
 /// Something the tree of objects lost: for caches to forget it.
 #[derive(Debug, Clone, PartialEq, Eq)]

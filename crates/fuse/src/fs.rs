@@ -163,6 +163,7 @@ pub trait Filesystem: Send + Sync + 'static {
     }
     /// Reads at most `size` bytes at `offset` into `out` (`flags`: the
     /// file's open flags, with `O_NONBLOCK`).
+    #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
         req: &Req<'_>,

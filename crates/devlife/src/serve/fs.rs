@@ -2,7 +2,7 @@
 //! driver core. Errno values cross from the core to the transport here.
 
 use super::control;
-use super::inodes::{Inodes, ROOT};
+use super::inodes::Inodes;
 use super::tree::{self, Obj};
 use devlife_core::gate::Wake;
 use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
@@ -154,10 +154,6 @@ impl ServeFs {
         fh
     }
 
-    /// Open files the kernel has not released.
-    pub fn open_handles(&self) -> usize {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// Wakes the kernel's pollers of one poll handle.
@@ -382,9 +378,4 @@ impl Filesystem for ServeFs {
     fn access(&self, _req: &Req<'_>, ino: u64, _mask: u32) -> Result<(), Errno> {
         self.resolve_ino(ino).map(drop)
     }
-}
-
-#[allow(dead_code)]
-fn _root() -> u64 {
-    ROOT
 }

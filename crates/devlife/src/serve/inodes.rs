@@ -101,9 +101,4 @@ impl Inodes {
             }
         }
     }
-
-    /// Known inodes (for tests of FORGET handling).
-    pub fn len(&self) -> usize {
-        self.lock().by_ino.len()
-    }
 }

@@ -1,0 +1,429 @@
+//! `devlife serve` driven by real system calls: the binary is started on a
+//! mount of its own, and threads and child processes use it as any
+//! program would. Hang guards only (generous timeouts); no sleeps decide
+//! an outcome.
+//!
+//! Without FUSE (no `/dev/fuse`, or neither root nor `fusermount3`) the
+//! tests say so and pass, unless `CI=true`, where that is a failure.
+
+use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_WAIT};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && (rustix::process::getuid().is_root() || Command::new("fusermount3").arg("-V").output().is_ok());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FUSE is not available, and CI=true requires it"
+        );
+        eprintln!("skipped: FUSE is not available here (no /dev/fuse or fusermount3)");
+    }
+    ok
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        if !fuse_available() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "devlife-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Self::start_at(&dir, extra))
+    }
+
+    fn start_at(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_devlife"))
+            .arg("serve")
+            .arg("--mount")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("server printed nothing in 60 s");
+        let dir = std::fs::canonicalize(dir).unwrap();
+        assert_eq!(line.trim_end(), format!("ready {}", dir.display()), "exactly one ready line");
+        let stderr = child.stderr.take();
+        Server { child, dir, stderr }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn open(&self, rel: &str) -> OwnedFd {
+        rustix::fs::open(self.p(rel), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    fn write(&self, rel: &str, text: &str) -> Result<(), Errno> {
+        let fd = rustix::fs::open(self.p(rel), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::io::write(&fd, text.as_bytes()).map(drop)
+    }
+
+    fn stat_line(&self, name: &str) -> u64 {
+        let s = std::fs::read_to_string(self.p("debug/devlife/stats")).unwrap();
+        s.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+
+    /// SIGTERM, and the exit status (hang guard: 60 s).
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+            .expect("server did not exit within 60 s of SIGTERM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(rustix::process::Signal::KILL);
+            let _ = self.child.wait();
+        }
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).stderr(Stdio::null()).status();
+    }
+}
+
+fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5)); // polling a child: not an outcome
+    }
+    None
+}
+
+fn count(fd: impl AsFd) -> Result<u64, Errno> {
+    // SAFETY: XYZ_IOC_COUNT is _IOR('X', 1, u64): the kernel writes 8 bytes
+    // into the `Getter`'s buffer, which is a u64.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Getter::<{ XYZ_IOC_COUNT.raw() }, u64>::new()) }
+}
+
+fn hold(fd: impl AsFd, ms: u32) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_HOLD is _IOW('X', 2, u32): the kernel reads 4 bytes
+    // from the `Setter`'s u32.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Setter::<{ XYZ_IOC_HOLD.raw() }, u32>::new(ms)) }
+}
+
+fn wait_ioctl(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_WAIT is _IO('X', 3): no argument memory is touched.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_WAIT.raw() }>::new()) }
+}
+
+fn read(fd: impl AsFd, n: usize) -> Result<Vec<u8>, Errno> {
+    let mut b = vec![0u8; n];
+    let got = rustix::io::read(fd, &mut b)?;
+    b.truncate(got);
+    Ok(b)
+}
+
+fn poll_now(fd: impl AsFd, events: rustix::event::PollFlags, timeout_ms: i32) -> rustix::event::PollFlags {
+    let mut fds = [rustix::event::PollFd::new(&fd, events)];
+    let ts = rustix::event::Timespec {
+        tv_sec: (timeout_ms / 1000) as i64,
+        tv_nsec: ((timeout_ms % 1000) as i64) * 1_000_000,
+    };
+    rustix::event::poll(&mut fds, Some(&ts)).unwrap();
+    fds[0].revents()
+}
+
+/// Yields until `f` holds; 60 s hang guard.
+fn until(mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(60), "condition never held");
+        std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
+    }
+}
+
+#[test]
+fn tree_layout() {
+    let Some(s) = Server::start(&[]) else { return };
+    let mut dev: Vec<_> = std::fs::read_dir(s.p("dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    dev.sort();
+    assert_eq!(dev, ["xyz0", "xyz1"]);
+    let devt = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
+    assert!(devt.ends_with(":0\n"), "{devt:?}");
+    assert_eq!(
+        std::fs::read_to_string(s.p("sys/bus/sim/devices/xyz0/uevent")).unwrap(),
+        "DEVTYPE=xyz\nDRIVER=xyz\n"
+    );
+    assert_eq!(
+        std::fs::read_link(s.p("sys/bus/sim/devices/xyz0/driver")).unwrap(),
+        Path::new("../../drivers/xyz")
+    );
+    let stats = std::fs::read_to_string(s.p("debug/devlife/stats")).unwrap();
+    for k in ["opens ", "releases ", "open_files ", "inflight_ops "] {
+        assert!(stats.lines().any(|l| l.starts_with(k)), "{k} in {stats}");
+    }
+    let fd = s.open("dev/xyz0");
+    assert_eq!(count(&fd), Ok(1));
+    assert_eq!(std::fs::read_to_string(s.p("debug/xyz/xyz0/ops")).unwrap(), "1\n");
+    let meta = std::fs::metadata(s.p("dev/xyz0")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!(meta.uid(), rustix::process::getuid().as_raw());
+    assert!(s.stop().success());
+}
+
+#[test]
+fn unbind_with_files_open_then_rebind() {
+    let Some(s) = Server::start(&[]) else { return };
+    let fd = s.open("dev/xyz0");
+    assert_eq!(count(&fd), Ok(1));
+    assert_eq!(rustix::io::write(&fd, b"abc"), Ok(3));
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0\n").unwrap();
+    assert_eq!(read(&fd, 4), Err(Errno::NODEV));
+    assert_eq!(rustix::io::write(&fd, b"x"), Err(Errno::NODEV));
+    assert_eq!(count(&fd), Err(Errno::NODEV));
+    use rustix::event::PollFlags;
+    let r = poll_now(&fd, PollFlags::IN | PollFlags::OUT, 0);
+    assert!(r.contains(PollFlags::HUP | PollFlags::ERR), "{r:?}");
+    assert_eq!(
+        rustix::fs::stat(s.p("dev/xyz0")).err(),
+        Some(Errno::NOENT),
+        "the node's path is gone at once"
+    );
+    s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+    assert_eq!(count(&fd), Err(Errno::NODEV), "an old descriptor never reaches the new binding");
+    let fresh = s.open("dev/xyz0");
+    assert_eq!(count(&fresh), Ok(1), "fresh context");
+    drop(fd);
+    drop(fresh);
+    until(|| s.stat_line("open_files") == 1); // only the stats file being read
+    assert!(s.stop().success());
+}
+
+#[test]
+fn unbind_waits_for_a_hold_and_wakes_sleepers() {
+    let Some(s) = Server::start(&[]) else { return };
+    let s = std::sync::Arc::new(s);
+    let holder = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || hold(&fd, 300))
+    };
+    let reader = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || read(&fd, 8))
+    };
+    let waiter = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || wait_ioctl(&fd))
+    };
+    until(|| s.stat_line("inflight_ops") >= 3);
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    // The unbind returned: every handler of the binding has left.
+    assert_eq!(s.stat_line("inflight_ops"), 0);
+    assert_eq!(holder.join().unwrap(), Ok(()), "a running handler completes");
+    assert_eq!(reader.join().unwrap(), Err(Errno::NODEV));
+    assert_eq!(waiter.join().unwrap(), Err(Errno::NODEV));
+}
+
+fn python_blocked(s: &Server, code: &str) -> Child {
+    let mut c = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os, fcntl\nfd = os.open('{}', os.O_RDWR)\nprint('in', flush=True)\n{code}\n",
+            s.p("dev/xyz1").display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "in");
+    c
+}
+
+#[test]
+fn signals_free_clients_blocked_in_read_and_wait() {
+    let Some(s) = Server::start(&[]) else { return };
+    let wait = format!("fcntl.ioctl(fd, {})", XYZ_IOC_WAIT.raw());
+    for (code, sig, expect) in [
+        ("os.read(fd, 10)", rustix::process::Signal::INT, -2),
+        ("os.read(fd, 10)", rustix::process::Signal::KILL, -9),
+        (wait.as_str(), rustix::process::Signal::INT, -2),
+        (wait.as_str(), rustix::process::Signal::KILL, -9),
+    ] {
+        let before = s.stat_line("inflight_ops");
+        let mut c = python_blocked(&s, code);
+        until(|| s.stat_line("inflight_ops") > before);
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+        let st = wait_timeout(&mut c, Duration::from_secs(30))
+            .expect("client still blocked 30 s after the signal");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal().map(|x| -x), Some(expect), "{code}: {st:?}");
+    }
+    until(|| s.stat_line("inflight_ops") == 0);
+}
+
+#[test]
+fn more_blocked_readers_than_workers() {
+    let Some(s) = Server::start(&[]) else { return };
+    let readers: Vec<_> = (0..24)
+        .map(|_| {
+            let fd = s.open("dev/xyz1");
+            std::thread::spawn(move || read(&fd, 1))
+        })
+        .collect();
+    until(|| s.stat_line("inflight_ops") == 24);
+    // Unrelated requests are still served.
+    let fd = s.open("dev/xyz0");
+    assert_eq!(count(&fd), Ok(1));
+    assert!(std::fs::read_dir(s.p("sys/bus/sim/devices")).unwrap().count() == 2);
+    // A write wakes one reader per byte; the removal wakes the rest.
+    let w = s.open("dev/xyz1");
+    rustix::io::write(&w, b"ab").unwrap();
+    s.write("sys/bus/sim/delete_device", "xyz1").unwrap();
+    let results: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let got = results.iter().filter(|r| r.is_ok()).count();
+    assert!(got <= 2, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || *r == Err(Errno::NODEV)), "{results:?}");
+}
+
+#[test]
+fn poll_readiness_and_wakeups() {
+    use rustix::event::PollFlags;
+    let Some(s) = Server::start(&[]) else { return };
+    let fd = s.open("dev/xyz0");
+    assert_eq!(poll_now(&fd, PollFlags::IN | PollFlags::OUT, 0), PollFlags::OUT);
+    let poller = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || poll_now(&fd, PollFlags::IN, 60_000))
+    };
+    // Not a timing: the poller either polls before the write (and is woken
+    // by the notification) or after (and sees POLLIN at once).
+    rustix::io::write(&fd, b"x").unwrap();
+    assert!(poller.join().unwrap().contains(PollFlags::IN));
+    read(&fd, 1).unwrap();
+    let poller = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || poll_now(&fd, PollFlags::IN, 60_000))
+    };
+    s.write("sys/bus/sim/delete_device", "xyz0").unwrap();
+    let r = poller.join().unwrap();
+    assert!(r.contains(PollFlags::HUP), "a poller is woken by the removal: {r:?}");
+}
+
+#[test]
+fn bad_control_input_changes_nothing() {
+    let Some(s) = Server::start(&[]) else { return };
+    let long = "x".repeat(256);
+    let cases: &[(&str, &str, Errno)] = &[
+        ("sys/bus/sim/drivers/xyz/bind", "nope", Errno::NODEV),
+        ("sys/bus/sim/drivers/xyz/bind", "xyz0", Errno::BUSY),
+        ("sys/bus/sim/drivers/xyz/unbind", "nope", Errno::NODEV),
+        // `echo > bind`: empty after the newline (a zero-length write never reaches the server).
+        ("sys/bus/sim/drivers/xyz/bind", "\n", Errno::INVAL),
+        ("sys/bus/sim/new_device", "xyz", Errno::INVAL),
+        ("sys/bus/sim/new_device", "nosuchtype x", Errno::INVAL),
+        ("sys/bus/sim/new_device", "xyz a/b", Errno::INVAL),
+        ("sys/bus/sim/new_device", "xyz ..", Errno::INVAL),
+        ("sys/bus/sim/new_device", &format!("xyz {long}"), Errno::INVAL),
+        ("sys/bus/sim/new_device", "xyz xyz0", Errno::BUSY),
+        ("sys/bus/sim/delete_device", "nope", Errno::NODEV),
+    ];
+    for (file, text, err) in cases {
+        assert_eq!(s.write(file, text), Err(*err), "{file} <- {text:?}");
+    }
+    let n = std::fs::read_dir(s.p("dev")).unwrap().count();
+    assert_eq!(n, 2, "nothing changed");
+    s.write("sys/bus/sim/new_device", "xyz xyz7\n").unwrap();
+    assert_eq!(count(s.open("dev/xyz7")), Ok(1));
+}
+
+#[test]
+fn sigterm_with_files_open_then_restart_over_a_stale_mount() {
+    let Some(s) = Server::start(&[]) else { return };
+    let dir = s.dir.clone();
+    let fd = s.open("dev/xyz0");
+    assert!(s.stop().success(), "SIGTERM: exit 0");
+    assert_eq!(count(&fd), Err(Errno::NOTCONN));
+    drop(fd);
+    // A server killed with SIGKILL leaves a stale mount; a new one clears it.
+    let mut s = Server::start_at(&dir, &[]);
+    s.signal(rustix::process::Signal::KILL);
+    let _ = s.child.wait();
+    assert_eq!(rustix::fs::stat(&dir).err(), Some(Errno::NOTCONN));
+    let mut s2 = Server::start_at(&dir, &[]);
+    let mut err = String::new();
+    s2.signal(rustix::process::Signal::TERM);
+    let _ = wait_timeout(&mut s2.child, Duration::from_secs(60));
+    std::io::Read::read_to_string(s2.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("stale mount"), "{err}");
+    drop(s);
+}
+
+#[test]
+fn other_users_are_kept_out() {
+    if !rustix::process::getuid().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let as_nobody = |cmd: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", cmd])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let Some(s) = Server::start(&[]) else { return };
+    // Even the root directory needs to be traversable for the test user.
+    assert!(
+        !as_nobody(&format!("ls {}", s.dir.display())),
+        "without --allow-other nobody else may even list"
+    );
+    drop(s);
+    let Some(s) = Server::start(&["--allow-other"]) else { return };
+    let d = s.dir.display();
+    assert!(as_nobody(&format!("ls {d}/dev")), "with --allow-other listing works");
+    assert!(!as_nobody(&format!("cat {d}/dev/xyz0")), "node modes are enforced");
+    assert!(
+        !as_nobody(&format!("echo xyz0 > {d}/sys/bus/sim/drivers/xyz/unbind")),
+        "control files: owner only"
+    );
+    assert!(std::fs::read_dir(s.p("dev")).unwrap().count() == 2);
+    let _ = std::io::stderr().flush();
+}
