@@ -153,7 +153,6 @@ impl ServeFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
         fh
     }
-
 }
 
 /// Wakes the kernel's pollers of one poll handle.
