@@ -427,3 +427,50 @@ fn other_users_are_kept_out() {
     assert!(std::fs::read_dir(s.p("dev")).unwrap().count() == 2);
     let _ = std::io::stderr().flush();
 }
+
+#[test]
+fn attributes_and_debugfs_after_removal() {
+    let Some(s) = Server::start(&[]) else { return };
+    let fd = s.open("dev/xyz0");
+    count(&fd).unwrap();
+    assert_eq!(std::fs::read_to_string(s.p("sys/bus/sim/devices/xyz0/count")).unwrap(), "1\n");
+    let attr =
+        rustix::fs::open(s.p("sys/bus/sim/devices/xyz0/count"), OFlags::RDONLY, Mode::empty()).unwrap();
+    let ops = rustix::fs::open(s.p("debug/xyz/xyz0/ops"), OFlags::RDONLY, Mode::empty()).unwrap();
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    assert_eq!(rustix::io::pread(&attr, &mut [0u8; 8], 0), Err(Errno::NODEV), "attribute after removal");
+    assert_eq!(rustix::io::pread(&ops, &mut [0u8; 8], 0), Err(Errno::IO), "debugfs after removal");
+    assert_eq!(rustix::fs::stat(s.p("sys/bus/sim/devices/xyz0/count")).err(), Some(Errno::NOENT));
+    assert_eq!(rustix::fs::stat(s.p("debug/xyz/xyz0")).err(), Some(Errno::NOENT));
+}
+
+#[test]
+fn many_threads_share_one_descriptor_across_removal() {
+    let Some(s) = Server::start(&[]) else { return };
+    let fd = std::sync::Arc::new(s.open("dev/xyz0"));
+    let go = std::sync::Arc::new(std::sync::Barrier::new(5));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (fd, go) = (fd.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                let mut n = 0u64;
+                loop {
+                    match count(&*fd) {
+                        Ok(_) => n += 1,
+                        Err(Errno::NODEV) => return n,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    go.wait();
+    until(|| {
+        std::fs::read_to_string(s.p("debug/xyz/xyz0/ops"))
+            .is_ok_and(|t| t.trim().parse::<u64>().unwrap_or(0) > 200)
+    });
+    s.write("sys/bus/sim/delete_device", "xyz0").unwrap();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(total > 200);
+}

@@ -15,8 +15,9 @@
 //! [`devm_cdev_device_add`], so unbinding removes it, with every handler
 //! returned, before the context is dropped.
 //!
-//! The device node is `xyzN` (class `xyz`); debugfs has `xyz/xyzN/ops`
-//! (the operation count). The context holds the count and a 64 KiB FIFO:
+//! The device node is `xyzN` (class `xyz`); the device has a read-only
+//! attribute `count`, and debugfs has `xyz/xyzN/ops` (both the operation
+//! count). The context holds the count and a 64 KiB FIFO:
 //!
 //! * `XYZ_IOC_COUNT = _IOR('X', 1, u64)`: increments the count, returns it;
 //! * `XYZ_IOC_HOLD = _IOW('X', 2, u32)`: stays inside the handler for that
@@ -36,8 +37,8 @@ use devlife_core::debugfs::{Dentry, devm_create_dir};
 use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
 use devlife_core::gate::{CancellableMutex, WaitQueue};
 use devlife_core::{
-    Bound, Cdev, ChrdevRegion, DeviceNode, Driver, Errno, IoctlCmd, System, Unbound, WeakDevice,
-    devm_cdev_device_add,
+    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, System, Unbound,
+    WeakDevice, devm_cdev_device_add, devm_device_create_file,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -361,6 +362,13 @@ impl Driver for XyzDriver {
             node,
         )?;
         self.fail_after(2, binding)?;
+
+        // A read-only attribute in the device's sysfs directory.
+        let c = ctx.count.clone();
+        devm_device_create_file(
+            dev,
+            DeviceAttribute::read_only("count", move || Ok(format!("{}\n", c.load(Ordering::Relaxed)))),
+        )?;
 
         // Step 3: debugfs xyz/<name>/ops.
         let dir = devm_create_dir(dev, &self.debugfs, dev.name())?;

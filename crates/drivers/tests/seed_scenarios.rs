@@ -360,7 +360,12 @@ fn s13_devm_ordering() {
     let b = r.bus.device("xyz0").unwrap().binding_id().unwrap();
     assert_eq!(
         r.bus.device("xyz0").unwrap().devres_names(),
-        vec!["xyz minor".to_owned(), "cdev_device_del:xyz0".into(), "debugfs_remove:xyz0".into()]
+        vec![
+            "xyz minor".to_owned(),
+            "cdev_device_del:xyz0".into(),
+            "device_remove_file:count".into(),
+            "debugfs_remove:xyz0".into()
+        ]
     );
     r.log.lock().unwrap().clear();
     r.bus.unbind("xyz0", None).unwrap();
