@@ -474,3 +474,78 @@ fn many_threads_share_one_descriptor_across_removal() {
     let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(total > 200);
 }
+
+/// Restores `/dev/fuse`'s mode when dropped.
+struct DevFuseMode(u32);
+impl Drop for DevFuseMode {
+    fn drop(&mut self) {
+        let _ = rustix::fs::chmod("/dev/fuse", Mode::from_raw_mode(self.0));
+    }
+}
+
+#[test]
+fn non_root_mount_through_fusermount3() {
+    // As a normal user the server mounts through fusermount3. This machine
+    // kind ships /dev/fuse as 0600, so the test opens it to others for its
+    // duration (and restores the mode), which needs root.
+    if !fuse_available()
+        || !rustix::process::getuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root (to run a second user), setpriv and fusermount3");
+        return;
+    }
+    if Command::new("fusermount3").arg("-V").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "fusermount3 missing under CI");
+        eprintln!("skipped: no fusermount3");
+        return;
+    }
+    let mode = rustix::fs::stat("/dev/fuse").unwrap().st_mode & 0o7777;
+    let _restore = DevFuseMode(mode);
+    rustix::fs::chmod("/dev/fuse", Mode::from_raw_mode(0o666)).unwrap();
+    let base = std::env::temp_dir().join(format!("devlife-nobody-{}", std::process::id()));
+    let dir = base.join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = base.join("devlife");
+    std::fs::copy(env!("CARGO_BIN_EXE_devlife"), &bin).unwrap();
+    for p in [&base, &dir] {
+        rustix::fs::chown(
+            p,
+            Some(rustix::process::Uid::from_raw(65534)),
+            Some(rustix::process::Gid::from_raw(65534)),
+        )
+        .unwrap();
+    }
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["serve", "--mount"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), format!("ready {}", dir.display()));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        mounts.lines().any(|l| l.contains(&*dir.to_string_lossy()) && l.contains("user_id=65534")),
+        "{mounts}"
+    );
+    // Root itself is kept out without --allow-other.
+    assert_eq!(rustix::fs::stat(dir.join("dev")).err(), Some(Errno::ACCESS));
+    let ok = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c"])
+        .arg(format!("test -f {0}/dev/xyz0 && echo xyz0 > {0}/sys/bus/sim/drivers/xyz/unbind && ! test -e {0}/dev/xyz0", dir.display()))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = wait_timeout(&mut child, Duration::from_secs(60)).expect("exit after SIGTERM");
+    assert!(st.success());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&*dir.to_string_lossy()), "unmounted through fusermount3 -u");
+    let _ = std::fs::remove_dir_all(&base);
+}

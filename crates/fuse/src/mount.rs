@@ -88,12 +88,41 @@ pub fn clear_stale(dir: &Path) -> io::Result<bool> {
 }
 
 /// A mounted file system: the `/dev/fuse` connection and where it is.
+/// Dropping it unmounts (lazily: open files keep the connection).
 #[derive(Debug)]
 pub struct Mount {
-    /// The connection.
-    pub fd: OwnedFd,
+    fd: Option<OwnedFd>,
+    dir: PathBuf,
+}
+
+impl Mount {
     /// The mount point (absolute).
-    pub dir: PathBuf,
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the connection (to start a session on it); the mount stays
+    /// until `self` is dropped or [`unmount`](Self::unmount) is called.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// Unmounts now.
+    pub fn unmount(mut self) -> io::Result<()> {
+        let dir = std::mem::take(&mut self.dir);
+        unmount(&dir)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
+        if let Err(e) = unmount(&self.dir) {
+            tracing::warn!("unmount {}: {e}", self.dir.display());
+        }
+    }
 }
 
 /// Mounts a FUSE file system at `dir` (which must exist).
@@ -102,7 +131,7 @@ pub fn mount(dir: &Path, opts: &MountOptions) -> io::Result<Mount> {
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let fd = if uid == 0 { mount_root(&dir, opts, uid, gid)? } else { mount_fusermount(&dir, opts)? };
-    Ok(Mount { fd, dir })
+    Ok(Mount { fd: Some(fd), dir })
 }
 
 fn mount_root(dir: &Path, opts: &MountOptions, uid: u32, gid: u32) -> io::Result<OwnedFd> {

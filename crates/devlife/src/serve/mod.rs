@@ -88,10 +88,11 @@ fn serve(o: &Opts) -> Result<(), String> {
 
     let opts =
         MountOptions { allow_other: o.allow_other, fsname: "devlife".into(), subtype: "devlife".into() };
-    let m = mount::mount(&dir, &opts).map_err(|e| format!("cannot mount {}: {e}", dir.display()))?;
-    let session = Session::start(m.fd, ServeFs::new(sys.clone(), uid, gid), Config::default())
+    let mut m = mount::mount(&dir, &opts).map_err(|e| format!("cannot mount {}: {e}", dir.display()))?;
+    let fd = m.take_fd().ok_or("the mount has no connection")?;
+    let session = Session::start(fd, ServeFs::new(sys.clone(), uid, gid), Config::default())
         .map_err(|e| format!("FUSE handshake failed: {e}"))?;
-    println!("ready {}", m.dir.display());
+    println!("ready {}", m.dir().display());
     let _ = std::io::stdout().flush();
 
     // An external unmount (or abort) ends the session: exit then too.
@@ -112,9 +113,13 @@ fn serve(o: &Opts) -> Result<(), String> {
     let why = done_rx.recv().unwrap_or("signal");
     shutdown(&sys);
     if why == "signal" {
-        if let Err(e) = mount::unmount(&m.dir) {
-            eprintln!("devlife serve: unmount {}: {e}", m.dir.display());
+        let d = m.dir().to_owned();
+        if let Err(e) = m.unmount() {
+            eprintln!("devlife serve: unmount {}: {e}", d.display());
         }
+    } else {
+        // Unmounted from outside: nothing left to unmount.
+        std::mem::forget(m);
     }
     Ok(())
 }
