@@ -68,7 +68,11 @@ impl Drop for AttrRegistration {
     }
 }
 
-fn create(dev: &Device, attr: DeviceAttribute, binding: u64) -> Result<AttrRegistration> {
+fn create(
+    dev: &Device,
+    attr: DeviceAttribute,
+    binding: Option<Arc<crate::device::Epoch>>,
+) -> Result<AttrRegistration> {
     crate::name::validate(&attr.name)?;
     let sys = dev.system().ok_or(Error::Detached)?;
     let node: Arc<dyn NodeDyn> =
@@ -86,12 +90,12 @@ fn create(dev: &Device, attr: DeviceAttribute, binding: u64) -> Result<AttrRegis
 
 /// Creates an attribute of `dev` that lives until the registration is dropped.
 pub fn device_create_file(dev: &Device, attr: DeviceAttribute) -> Result<AttrRegistration> {
-    create(dev, attr, 0)
+    create(dev, attr, None)
 }
 
 /// Creates an attribute of the device being bound, removed when the binding
 /// ends.
 pub fn devm_device_create_file(host: &Bound<'_>, attr: DeviceAttribute) -> Result<()> {
-    let reg = create(host.device(), attr, host.binding_id())?;
+    let reg = create(host.device(), attr, Some(host.epoch()))?;
     host.devres().add_or_reset(format!("device_remove_file:{}", reg.name), move || drop(reg))
 }

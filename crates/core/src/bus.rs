@@ -246,9 +246,9 @@ impl Bus {
                 device: dev.name().to_owned(),
             });
         }
-        let id = sys.next_binding_id();
+        let epoch = crate::device::Epoch::new(sys.next_binding_id());
         let devres = Arc::new(Devres::new());
-        let bound = Bound { dev, sys: &sys, id, devres: &devres };
+        let bound = Bound { dev, sys: &sys, epoch: &epoch, devres: &devres };
         let probed = catch_unwind(AssertUnwindSafe(|| entry.drv.probe(&bound))).unwrap_or_else(|_| {
             tracing::error!(device = dev.name(), driver = entry.drv.name(), "probe panicked");
             Err(Errno::EIO)
@@ -256,12 +256,13 @@ impl Bus {
         match probed {
             Ok(data) => {
                 lock(&dev.inner.state).binding =
-                    Some(crate::device::Binding { id, driver: entry.clone(), data, devres });
+                    Some(crate::device::Binding { epoch, driver: entry.clone(), data, devres });
                 Ok(())
             }
             Err(errno) => {
                 // Partial unwind: what probe registered, newest first.
                 devres.release_all();
+                epoch.end();
                 Err(Error::ProbeFailed(dev.name().to_owned(), errno))
             }
         }
@@ -269,7 +270,7 @@ impl Bus {
 
     /// Ends `dev`'s binding (only if to driver `only`, when given).
     fn release(&self, dev: &Device, only: Option<u64>) -> Result<Unbound> {
-        let bid = lock(&dev.inner.state).binding.as_ref().map(|b| b.id);
+        let bid = lock(&dev.inner.state).binding.as_ref().map(|b| b.epoch.id);
         if bid.is_some_and(crate::node::in_handler_of) {
             let (bus, dev2) = (self.clone(), dev.clone());
             std::thread::Builder::new()
@@ -314,14 +315,17 @@ impl Bus {
 /// The kernel's unbind order: `remove`, then managed resources newest
 /// first, then the driver's data.
 fn teardown(dev: &Device, b: crate::device::Binding, sys: &System) {
-    let bound = Bound { dev, sys, id: b.id, devres: &b.devres };
+    let bound = Bound { dev, sys, epoch: &b.epoch, devres: &b.devres };
     if catch_unwind(AssertUnwindSafe(|| b.driver.drv.remove(&bound, &b.data))).is_err() {
         tracing::error!(device = dev.name(), "remove panicked");
     }
     b.devres.release_all();
+    let epoch = b.epoch.clone();
     if catch_unwind(AssertUnwindSafe(move || drop(b.data))).is_err() {
         tracing::error!(device = dev.name(), "dropping the driver data panicked");
     }
+    // From here on, a handler of this binding starting would be a violation.
+    epoch.end();
 }
 
 impl std::fmt::Debug for Bus {

@@ -133,7 +133,7 @@ pub(crate) fn add<F: FileOperations>(
     sys: &System,
     cdev: Cdev<F>,
     dev: DeviceNode,
-    binding: u64,
+    binding: Option<Arc<crate::device::Epoch>>,
 ) -> Result<CdevRegistration> {
     crate::name::validate(&dev.name)?;
     if let Some(c) = &dev.class {
@@ -180,7 +180,7 @@ pub fn cdev_device_add<F: FileOperations>(
     cdev: Cdev<F>,
     dev: DeviceNode,
 ) -> Result<CdevRegistration> {
-    add(sys, cdev, dev, 0)
+    add(sys, cdev, dev, None)
 }
 
 /// Registers `cdev` as `dev` for as long as `host` stays bound: the
@@ -248,6 +248,6 @@ pub fn devm_cdev_device_add<F: FileOperations>(
     cdev: Cdev<F>,
     dev: DeviceNode,
 ) -> Result<()> {
-    let reg = add(host.system(), cdev, dev, host.binding_id())?;
+    let reg = add(host.system(), cdev, dev, Some(host.epoch()))?;
     host.devres().add_or_reset(format!("cdev_device_del:{}", reg.name()), move || drop(reg))
 }

@@ -34,9 +34,28 @@ pub(crate) struct DeviceState {
     pub(crate) deleted: bool,
 }
 
+/// The life of one binding, shared with every object it registered, which
+/// checks on every handler entry that the binding's removal has not
+/// returned (the torture run's "no handler after removal" invariant).
+#[derive(Debug)]
+pub(crate) struct Epoch {
+    pub(crate) id: u64,
+    /// Set (Release) once the binding's removal has completed.
+    pub(crate) ended: std::sync::atomic::AtomicBool,
+}
+
+impl Epoch {
+    pub(crate) fn new(id: u64) -> Arc<Self> {
+        Arc::new(Epoch { id, ended: std::sync::atomic::AtomicBool::new(false) })
+    }
+    pub(crate) fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// One driver binding: from a successful probe to the end of its unbind.
 pub(crate) struct Binding {
-    pub(crate) id: u64,
+    pub(crate) epoch: Arc<Epoch>,
     pub(crate) driver: Arc<DriverEntry>,
     pub(crate) data: AnyData,
     pub(crate) devres: Arc<Devres>,
@@ -79,7 +98,7 @@ impl Device {
 
     /// The id of its current binding, if bound.
     pub fn binding_id(&self) -> Option<u64> {
-        lock(&self.inner.state).binding.as_ref().map(|b| b.id)
+        lock(&self.inner.state).binding.as_ref().map(|b| b.epoch.id)
     }
 
     /// The names of the managed resources of its current binding.
@@ -168,7 +187,7 @@ impl std::fmt::Debug for Device {
 pub struct Bound<'a> {
     pub(crate) dev: &'a Device,
     pub(crate) sys: &'a System,
-    pub(crate) id: u64,
+    pub(crate) epoch: &'a Arc<Epoch>,
     pub(crate) devres: &'a Devres,
 }
 
@@ -191,6 +210,10 @@ impl<'a> Bound<'a> {
     }
     /// This binding's id (unique within the system; a re-probe gets a new one).
     pub fn binding_id(&self) -> u64 {
-        self.id
+        self.epoch.id
+    }
+
+    pub(crate) fn epoch(&self) -> Arc<Epoch> {
+        self.epoch.clone()
     }
 }

@@ -69,7 +69,7 @@ pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, Po
 pub use ioctl::IoctlCmd;
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed};
-pub use system::{Change, DevNode, System};
+pub use system::{Change, DevNode, System, WeakSystem};
 
 /// The gate crate, re-exported for drivers' wait queues and locks.
 pub use devlife_gate as gate;

@@ -70,7 +70,7 @@ fn register<F: FileOperations>(
     sys: &System,
     opts: MiscDeviceOptions,
     ops: F,
-    binding: u64,
+    binding: Option<std::sync::Arc<crate::device::Epoch>>,
 ) -> Result<MiscRegistration> {
     crate::name::validate(&opts.name)?;
     let minor = {
@@ -101,7 +101,7 @@ pub fn misc_register<F: FileOperations>(
     opts: MiscDeviceOptions,
     ops: F,
 ) -> Result<MiscRegistration> {
-    register(sys, opts, ops, 0)
+    register(sys, opts, ops, None)
 }
 
 /// Registers a misc device for as long as `host` stays bound.
@@ -110,6 +110,6 @@ pub fn devm_misc_register<F: FileOperations>(
     opts: MiscDeviceOptions,
     ops: F,
 ) -> Result<()> {
-    let reg = register(host.system(), opts, ops, host.binding_id())?;
+    let reg = register(host.system(), opts, ops, Some(host.epoch()))?;
     host.devres().add_or_reset("misc_deregister", move || drop(reg))
 }

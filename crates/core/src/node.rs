@@ -17,6 +17,7 @@
 //! After that, no driver code of the node runs again: a later close finds the
 //! node removed and calls nothing.
 
+use crate::device::Epoch;
 use crate::errno::{Errno, NodeKind};
 use crate::fops::{Caller, Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
 use crate::ioctl::IoctlCmd;
@@ -39,9 +40,10 @@ pub(crate) struct Node<F: FileOperations> {
     ops: Revocable<F>,
     kind: NodeKind,
     name: String,
-    /// The driver binding the node belongs to (0: none), for detecting a
-    /// removal requested from inside one of its own handlers.
-    binding: u64,
+    /// The driver binding the node belongs to, if any: for detecting a
+    /// removal requested from inside one of its own handlers, and a handler
+    /// starting after its binding's removal returned.
+    binding: Option<Arc<Epoch>>,
     files: Mutex<BTreeMap<u64, Arc<OpenState<F>>>>,
     stats: Arc<Stats>,
     removal: Mutex<Removal>,
@@ -78,7 +80,13 @@ pub enum Removed {
 }
 
 impl<F: FileOperations> Node<F> {
-    pub(crate) fn new(ops: F, kind: NodeKind, name: String, binding: u64, stats: Arc<Stats>) -> Arc<Self> {
+    pub(crate) fn new(
+        ops: F,
+        kind: NodeKind,
+        name: String,
+        binding: Option<Arc<Epoch>>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         Arc::new(Node {
             ops: Revocable::new(ops),
             kind,
@@ -93,7 +101,7 @@ impl<F: FileOperations> Node<F> {
 
     fn open(self: &Arc<Self>, caller: &Caller<'_>) -> KResult<File> {
         let ops = self.ops.try_access().ok_or(self.kind.open_after_removal())?;
-        let _scope = HandlerScope::enter(self.binding);
+        let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
         let cx = Ctx::new(*caller, self.kind, ops.guard().gate().cancel_source(), None);
         let private = self.catch("open", || ops.open(&cx))?;
         let state = Arc::new(OpenState {
@@ -121,7 +129,7 @@ impl<F: FileOperations> Node<F> {
         // Released already: only a transport that releases a file while one
         // of its requests is still running can get here.
         let file = st.private.try_access().ok_or(Errno::EBADF)?;
-        let _scope = HandlerScope::enter(self.binding);
+        let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
         let cx = Ctx::new(
             *caller,
             self.kind,
@@ -168,7 +176,7 @@ impl<F: FileOperations> Node<F> {
             // Removed (or being removed): the rundown releases the file.
             return;
         };
-        let _scope = HandlerScope::enter(self.binding);
+        let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
         // Waits for requests still running on this file (a transport may
         // release while an interrupted request finishes); their cancellable
         // waits fail at once.
@@ -473,15 +481,19 @@ thread_local! {
     static HANDLERS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Marks the current thread as running a handler of `binding`.
+/// Marks the current thread as running a handler of `binding`, and checks
+/// the binding has not ended (the check the torture run counts).
 struct HandlerScope(bool);
 
 impl HandlerScope {
-    fn enter(binding: u64) -> Self {
-        if binding == 0 {
-            return HandlerScope(false);
+    fn enter(binding: Option<&Epoch>, stats: &Stats, node: &str) -> Self {
+        let Some(b) = binding else { return HandlerScope(false) };
+        // Acquire: pairs with the Release in `Epoch::end`, after the removal.
+        if b.ended.load(std::sync::atomic::Ordering::Acquire) {
+            stats.violated();
+            tracing::error!(node, binding = b.id, "a handler started after its binding's removal returned");
         }
-        HandlerScope(HANDLERS.try_with(|h| h.borrow_mut().push(binding)).is_ok())
+        HandlerScope(HANDLERS.try_with(|h| h.borrow_mut().push(b.id)).is_ok())
     }
 }
 

@@ -9,6 +9,7 @@ pub struct Stats {
     opens: AtomicU64,
     releases: AtomicU64,
     panics: AtomicU64,
+    violations: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -24,6 +25,9 @@ pub struct StatsSnapshot {
     pub inflight_ops: u64,
     /// Handler panics caught (each answered `EIO`).
     pub panics: u64,
+    /// Handlers that started after their binding's removal returned
+    /// (never, if the removal guarantee holds).
+    pub violations: u64,
 }
 
 impl Stats {
@@ -32,6 +36,9 @@ impl Stats {
     }
     pub(crate) fn released(&self) {
         self.releases.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn violated(&self) {
+        self.violations.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn panicked(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
@@ -47,6 +54,7 @@ impl Stats {
             open_files: opens.saturating_sub(releases),
             inflight_ops,
             panics: self.panics.load(Ordering::Relaxed),
+            violations: self.violations.load(Ordering::Relaxed),
         }
     }
 }
@@ -55,8 +63,8 @@ impl StatsSnapshot {
     /// The `name value` lines of `debug/devlife/stats`.
     pub fn render(&self) -> String {
         format!(
-            "opens {}\nreleases {}\nopen_files {}\ninflight_ops {}\npanics {}\n",
-            self.opens, self.releases, self.open_files, self.inflight_ops, self.panics
+            "opens {}\nreleases {}\nopen_files {}\ninflight_ops {}\npanics {}\nviolations {}\n",
+            self.opens, self.releases, self.open_files, self.inflight_ops, self.panics, self.violations
         )
     }
 }

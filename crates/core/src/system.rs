@@ -61,6 +61,17 @@ pub struct DevNode {
     pub node: NodeRef,
 }
 
+/// A [`System`] handle that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakSystem(Weak<SystemInner>);
+
+impl WeakSystem {
+    /// The system, if it still exists.
+    pub fn upgrade(&self) -> Option<System> {
+        self.0.upgrade().map(System::from_inner)
+    }
+}
+
 /// An observer of [`Change`]s.
 type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 
@@ -150,6 +161,12 @@ impl System {
 
     pub(crate) fn from_inner(inner: Arc<SystemInner>) -> Self {
         System { inner }
+    }
+
+    /// A handle that does not keep the system alive (for closures the
+    /// system itself owns, such as a debugfs file's).
+    pub fn downgrade(&self) -> WeakSystem {
+        WeakSystem(Arc::downgrade(&self.inner))
     }
 
     /// Registers a bus (Linux `bus_register`).

@@ -1,11 +1,13 @@
 //! `devlife`: the command-line front end.
 //!
 //! * `devlife serve [--mount DIR] [--allow-other]`: the served tree.
+//! * `devlife torture [--seconds N] [--seed S] [--clients K] [--mount DIR]`.
 //! * `devlife bench gate [--quick] [--json]`: the gate against the usual
 //!   ways of counting in-flight operations.
 
 mod bench;
 mod serve;
+mod torture;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +24,12 @@ enum Cmd {
     /// Mount the driver core's dev/, sys/ and debug/ trees over FUSE and
     /// serve them until SIGINT or SIGTERM.
     Serve(serve::Opts),
+    /// Random clients, signals and removals against a served tree, checking
+    /// the removal guarantee.
+    Torture(torture::Opts),
+    /// One client process of `devlife torture` (started by it).
+    #[command(hide = true)]
+    TortureClient(torture::client::Opts),
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -40,6 +48,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(o) => return ExitCode::from(serve::run(&o) as u8),
+        Cmd::Torture(o) => return ExitCode::from(torture::run(&o) as u8),
+        Cmd::TortureClient(o) => return ExitCode::from(torture::client::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
     }
     ExitCode::SUCCESS

@@ -602,3 +602,47 @@ fn opens_and_closes_racing_removal() {
         st["open_files"] == 1 && st["opens"] == st["releases"] + 1
     });
 }
+
+#[test]
+fn every_interrupt_reaches_its_request() {
+    // Regression test for a lost interrupt: an INTERRUPT read by another
+    // worker before the interrupted request was registered used to be
+    // answered EAGAIN on the wrong cloned descriptor and dropped by the
+    // kernel, which sends one interrupt per request: the caller then
+    // waited until the device was removed. Here the device is never
+    // removed: every wait must end in EINTR.
+    use std::os::unix::thread::JoinHandleExt;
+    let Some(s) = Server::start(&[]) else { return };
+    // SAFETY: the handler is an empty closure: async-signal-safe.
+    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGUSR1, || {}) }.unwrap();
+    let fd = s.open("dev/xyz0");
+    const N: usize = 500;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut eintr = 0;
+        for _ in 0..N {
+            match wait_ioctl(&fd) {
+                Err(Errno::INTR) => eintr += 1,
+                r => panic!("XYZ_IOC_WAIT returned {r:?}"),
+            }
+        }
+        d2.store(true, Ordering::Relaxed);
+        eintr
+    });
+    let tid = waiter.as_pthread_t();
+    let t = Instant::now();
+    let mut spin = 1u32;
+    while !done.load(Ordering::Relaxed) {
+        assert!(t.elapsed() < Duration::from_secs(120), "a wait was never interrupted: lost interrupt");
+        // SAFETY: `tid` is a live thread of this process until `done`;
+        // SIGUSR1 has a no-op handler installed above.
+        unsafe { libc::pthread_kill(tid, libc::SIGUSR1) };
+        // Vary the delay so signals land at every stage of a request.
+        spin = spin.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        for _ in 0..(spin >> 16) % 20_000 {
+            std::hint::spin_loop();
+        }
+    }
+    assert_eq!(waiter.join().unwrap(), N);
+}

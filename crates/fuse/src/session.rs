@@ -13,8 +13,16 @@
 //!
 //! Every request in flight has a [`CancelSource`]; `FUSE_INTERRUPT` fires
 //! it, so the handler's cancellable wait returns and the request answers
-//! `EINTR`. An interrupt for a request not (yet) registered is answered
-//! `EAGAIN`, which makes the kernel send it again later (fuse.rst).
+//! `EINTR`. The kernel sends one interrupt per request, and another worker
+//! may read it before the worker that read the request has registered it.
+//! Such an interrupt is remembered, and the request is cancelled as it
+//! registers (both under one lock), as libfuse does.
+//!
+//! It is not answered `EAGAIN` (which fuse.rst allows, to have it sent
+//! again): with cloned descriptors the kernel looks the interrupted request
+//! up only in the processing queue of the descriptor the `EAGAIN` is written
+//! to, which is not the one that read the request, so the interrupt would
+//! be dropped and the caller left waiting (found by `devlife torture`).
 
 use crate::abi::{self, init};
 use crate::decode::{DecodeError, Operation, decode};
@@ -46,12 +54,25 @@ impl Default for Config {
     }
 }
 
+/// Requests being handled, and interrupts that came before their request
+/// was registered.
+#[derive(Default)]
+struct Inflight {
+    running: HashMap<u64, Arc<CancelSource>>,
+    /// Interrupted uniques not (yet) running, with when the interrupt came.
+    early: HashMap<u64, std::time::Instant>,
+}
+
+/// How long an early interrupt is remembered: one whose request had in fact
+/// already finished is forgotten after this.
+const EARLY_INTERRUPT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Shared<F> {
     fs: F,
     master: Arc<OwnedFd>,
     config: Config,
     notifier: Notifier,
-    inflight: Mutex<HashMap<u64, Arc<CancelSource>>>,
+    inflight: Mutex<Inflight>,
     idle: AtomicUsize,
     workers: AtomicUsize,
     ended: AtomicBool,
@@ -76,7 +97,7 @@ impl<F: Filesystem> Session<F> {
             master,
             config,
             notifier,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(Inflight::default()),
             idle: AtomicUsize::new(0),
             workers: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
@@ -254,17 +275,31 @@ fn handle<F: Filesystem>(s: &Shared<F>, fd: &OwnedFd, bytes: &[u8], out: &mut Ve
     };
     let unique = req.header.unique;
     if let Operation::Interrupt(i) = req.op {
-        let target = s.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&i.unique).cloned();
-        match target {
-            Some(src) => {
-                src.cancel();
+        // No reply: an interrupt is answered through its request.
+        let target = {
+            let mut inf = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let target = inf.running.get(&i.unique).cloned();
+            if target.is_none() {
+                let now = std::time::Instant::now();
+                inf.early.retain(|_, t| now.duration_since(*t) < EARLY_INTERRUPT_TTL);
+                inf.early.insert(i.unique, now);
             }
-            None => err(fd, unique, Errno::AGAIN),
+            target
+        };
+        if let Some(src) = target {
+            src.cancel();
         }
         return;
     }
     let src = Arc::new(CancelSource::new());
-    s.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(unique, src.clone());
+    {
+        let mut inf = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inf.early.remove(&unique).is_some() {
+            // Its interrupt was read first, by another worker.
+            src.cancel();
+        }
+        inf.running.insert(unique, src.clone());
+    }
     let r = Req {
         unique,
         nodeid: req.header.nodeid,
@@ -276,7 +311,7 @@ fn handle<F: Filesystem>(s: &Shared<F>, fd: &OwnedFd, bytes: &[u8], out: &mut Ve
     };
     let no_reply = req.op.no_reply();
     let result = dispatch(&s.fs, &r, req.op, out, s.config.max_write);
-    s.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&unique);
+    s.inflight.lock().unwrap_or_else(|e| e.into_inner()).running.remove(&unique);
     if no_reply {
         return;
     }

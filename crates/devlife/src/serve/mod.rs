@@ -43,7 +43,39 @@ pub fn default_system(uid: u32, gid: u32) -> devlife_core::Result<System> {
     for d in ["xyz0", "xyz1"] {
         bus.add_device(d, "xyz")?;
     }
+    create_modules_file(&sys)?;
     Ok(sys)
+}
+
+/// `debug/devlife/modules`: lists the loaded drivers; `rmmod xyz`
+/// unregisters the xyz driver (unbinding every device it has, each with the
+/// full removal guarantee), `modprobe xyz` registers it again.
+fn create_modules_file(sys: &System) -> devlife_core::Result<()> {
+    use devlife_core::{Errno, text::TextFile};
+    let (w1, w2) = (sys.downgrade(), sys.downgrade());
+    let file = TextFile::read_write(
+        move || {
+            let sys = w1.upgrade().ok_or(Errno::ENODEV)?;
+            let bus = sys.bus(tree::SIM_BUS).ok_or(Errno::ENODEV)?;
+            Ok(bus.drivers().iter().map(|d| format!("{d}\n")).collect())
+        },
+        move |text| {
+            let sys = w2.upgrade().ok_or(Errno::ENODEV)?;
+            let bus = sys.bus(tree::SIM_BUS).ok_or(Errno::ENODEV)?;
+            match text.trim_end_matches('\n').split_once(' ') {
+                Some(("rmmod", "xyz")) => bus.unregister_driver("xyz").map_err(|_| Errno::ENOENT),
+                Some(("modprobe", "xyz")) => match devlife_drivers::xyz::register(&sys, None) {
+                    Ok(_) => Ok(()),
+                    Err(devlife_core::Error::Exists(_)) => Err(Errno::EEXIST),
+                    Err(e) => Err(Errno::from(e)),
+                },
+                _ => Err(Errno::EINVAL),
+            }
+        },
+    );
+    let dir =
+        sys.debugfs().child("devlife").ok_or(devlife_core::Error::NoSuchDevice("debugfs devlife".into()))?;
+    dir.create_file("modules", 0o600, file).map(drop)
 }
 
 /// Runs the server until SIGINT or SIGTERM. Returns the exit status.

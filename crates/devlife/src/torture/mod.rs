@@ -1,0 +1,299 @@
+//! `devlife torture`: client processes hammer the device nodes while a
+//! chaos thread unbinds, binds, hot-plugs, hot-unplugs and unloads the
+//! driver, and a signal thread interrupts blocked clients. Reproducible
+//! from its seed (the interleaving is the machine's; the schedule of
+//! actions and operations is the seed's).
+//!
+//! Checks, reported as
+//! `torture: ops=N removals=N violations=N leaked_files=N errors=N`:
+//!
+//! * violations: handlers that started after their binding's removal
+//!   returned (counted by the core on every handler entry), removals slower
+//!   than the longest non-cancellable hold plus 100 ms, and client
+//!   operations that hung past 10 s;
+//! * leaked_files: files still open in the server once every client is gone;
+//! * errors: errno values a client saw that the removal tables do not allow
+//!   at that moment.
+
+pub mod client;
+mod rng;
+
+use client::{MAX_HOLD_MS, NODES};
+use rng::Rng;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options of `devlife torture`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// How long to run.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Seed (default: from the clock; printed, so a run can be replayed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Client processes.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Threads per client process.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Use the server running there (default: start one on a fresh mount).
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+}
+
+/// A removal slower than this is a violation.
+const REMOVAL_BOUND: Duration = Duration::from_millis(MAX_HOLD_MS + 100);
+
+fn write(path: &Path, text: &str) -> Result<(), Errno> {
+    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::io::write(&fd, text.as_bytes()).map(drop)
+}
+
+fn stats(dir: &Path) -> std::collections::HashMap<String, u64> {
+    std::fs::read_to_string(dir.join("debug/devlife/stats"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+fn start_server(exe: &Path, dir: &Path) -> Result<Child, String> {
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .arg("--mount")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if !line.starts_with("ready ") {
+        let _ = child.kill();
+        return Err(format!("server did not become ready: {line:?}"));
+    }
+    Ok(child)
+}
+
+struct Chaos {
+    removals: AtomicU64,
+    slow: AtomicU64,
+    slowest_us: AtomicU64,
+}
+
+/// One random action on the tree. Errors that only say "not in that state
+/// now" are expected; removals are timed.
+fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
+    let node = NODES[rng.below(NODES.len() as u64) as usize];
+    let drv = dir.join("sys/bus/sim/drivers/xyz");
+    let (path, text, removal) = match rng.below(100) {
+        // Weighted so that devices exist most of the time: a removal is
+        // followed, on average, by its undoing.
+        0..=24 => (drv.join("unbind"), node.to_owned(), true),
+        25..=59 => (drv.join("bind"), node.to_owned(), false),
+        60..=74 => (dir.join("sys/bus/sim/new_device"), format!("xyz {node}"), false),
+        75..=86 => (dir.join("sys/bus/sim/delete_device"), node.to_owned(), true),
+        87..=88 => (dir.join("debug/devlife/modules"), "rmmod xyz".to_owned(), true),
+        _ => (dir.join("debug/devlife/modules"), "modprobe xyz".to_owned(), false),
+    };
+    let t = Instant::now();
+    let r = write(&path, &text);
+    let took = t.elapsed();
+    if removal && r.is_ok() {
+        c.removals.fetch_add(1, Ordering::Relaxed);
+        c.slowest_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+        if took > REMOVAL_BOUND {
+            c.slow.fetch_add(1, Ordering::Relaxed);
+            eprintln!("torture: removal `{text}` took {took:?} (bound {REMOVAL_BOUND:?})");
+        }
+    }
+}
+
+/// Runs the torture test. Returns the exit status.
+pub fn run(o: &Opts) -> i32 {
+    match torture(o) {
+        Ok(clean) => i32::from(!clean),
+        Err(e) => {
+            eprintln!("devlife torture: {e}");
+            2
+        }
+    }
+}
+
+fn torture(o: &Opts) -> Result<bool, String> {
+    let seed = o.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (dir, mut server) = match &o.mount {
+        Some(d) if devlife_fuse::mount::state(d) == devlife_fuse::mount::MountState::Live => {
+            (d.clone(), None)
+        }
+        other => {
+            let d = other.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("devlife-torture-{}", std::process::id()))
+            });
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            let child = start_server(&exe, &d)?;
+            (std::fs::canonicalize(&d).map_err(|e| e.to_string())?, Some(child))
+        }
+    };
+    eprintln!(
+        "torture: seed {seed}, {} s, {} clients x {} threads, on {}",
+        o.seconds,
+        o.clients,
+        o.threads,
+        dir.display()
+    );
+    let base = stats(&dir);
+
+    let clients: Vec<Child> = (0..o.clients)
+        .map(|i| {
+            Command::new(&exe)
+                .arg("torture-client")
+                .arg("--mount")
+                .arg(&dir)
+                .arg("--seed")
+                .arg(seed.wrapping_add(i as u64 + 1).to_string())
+                .arg("--seconds")
+                .arg(o.seconds.to_string())
+                .arg("--threads")
+                .arg(o.threads.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start a client: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(clients.iter().map(Child::id).collect()));
+
+    // Signals: interrupt a random client every few milliseconds, until all
+    // clients are gone (a client blocked past the deadline is freed so).
+    let signalling = Arc::new(AtomicBool::new(true));
+    let signaller = {
+        let (pids, on) = (pids.clone(), signalling.clone());
+        let mut rng = Rng::new(seed ^ 0x5157);
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                let list = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if !list.is_empty() {
+                    let pid = list[rng.below(list.len() as u64) as usize];
+                    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::USR1);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1 + rng.below(20)));
+            }
+        })
+    };
+
+    // Chaos until the deadline.
+    let chaos = Chaos { removals: AtomicU64::new(0), slow: AtomicU64::new(0), slowest_us: AtomicU64::new(0) };
+    let mut rng = Rng::new(seed ^ 0xC4A05);
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    while Instant::now() < deadline {
+        chaos_step(&dir, &mut rng, &chaos);
+        std::thread::sleep(Duration::from_millis(rng.below(10))); // pacing
+    }
+    // End: delete every device. A client operation still waiting (for data,
+    // or in XYZ_IOC_WAIT) is woken with ENODEV, as the removal guarantees.
+    for n in NODES {
+        let t = Instant::now();
+        if write(&dir.join("sys/bus/sim/delete_device"), n).is_ok() {
+            chaos.removals.fetch_add(1, Ordering::Relaxed);
+            chaos.slowest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    // Collect the clients (hang guard: 30 s past the deadline each).
+    let (mut ops, mut hangs, mut errors) = (0u64, 0u64, 0u64);
+    for mut c in clients {
+        let out = c.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if let Some(o) = out {
+                let _ = BufReader::new(o).read_line(&mut line);
+            }
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let field = |k: &str| -> u64 {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                ops += field("ops=");
+                hangs += field("hangs=");
+                errors += field("unexpected=");
+                if field("unexpected=") > 0 {
+                    eprintln!("torture: {}", line.trim());
+                }
+            }
+            Err(_) => {
+                hangs += 1;
+                eprintln!("torture: a client did not finish 30 s after the deadline");
+                let _ = c.kill();
+            }
+        }
+        let _ = c.wait();
+        pids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != c.id());
+    }
+    signalling.store(false, Ordering::Relaxed);
+    let _ = signaller.join();
+
+    // Every file the clients opened must be released (RELEASE arrives
+    // after close(2) returns): wait up to 10 s for the count to settle.
+    let baseline = base.get("open_files").copied().unwrap_or(0);
+    let t = Instant::now();
+    let mut now = stats(&dir);
+    while now.get("open_files").copied().unwrap_or(0) > baseline.max(1)
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        now = stats(&dir);
+    }
+    // The stats read itself is one open file.
+    let leaked = now.get("open_files").copied().unwrap_or(0).saturating_sub(baseline.max(1));
+    let epoch = now
+        .get("violations")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(base.get("violations").copied().unwrap_or(0));
+    let slow = chaos.slow.load(Ordering::Relaxed);
+    let violations = epoch + slow + hangs;
+    let removals = chaos.removals.load(Ordering::Relaxed);
+    eprintln!(
+        "torture: detail: epoch_violations={epoch} slow_removals={slow} hangs={hangs} slowest_removal_us={} opens={} releases={}",
+        chaos.slowest_us.load(Ordering::Relaxed),
+        now.get("opens").copied().unwrap_or(0),
+        now.get("releases").copied().unwrap_or(0),
+    );
+    println!(
+        "torture: ops={ops} removals={removals} violations={violations} leaked_files={leaked} errors={errors}"
+    );
+
+    // Leave a server that was already running as it is by default.
+    let _ = write(&dir.join("debug/devlife/modules"), "modprobe xyz");
+    for n in ["xyz0", "xyz1"] {
+        let _ = write(&dir.join("sys/bus/sim/new_device"), &format!("xyz {n}"));
+    }
+    if let Some(mut s) = server.take() {
+        if let Some(p) = rustix::process::Pid::from_raw(s.id() as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        }
+        let _ = s.wait();
+    }
+    Ok(violations == 0 && leaked == 0 && errors == 0)
+}
