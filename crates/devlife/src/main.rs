@@ -27,6 +27,9 @@ enum Cmd {
     /// Random clients, signals and removals against a served tree, checking
     /// the removal guarantee.
     Torture(torture::Opts),
+    /// Bind/unbind cycles with files open around them; checks the server's
+    /// memory and descriptors come back.
+    Leaks(torture::leaks::Opts),
     /// One client process of `devlife torture` (started by it).
     #[command(hide = true)]
     TortureClient(torture::client::Opts),
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve(o) => return ExitCode::from(serve::run(&o) as u8),
         Cmd::Torture(o) => return ExitCode::from(torture::run(&o) as u8),
+        Cmd::Leaks(o) => return ExitCode::from(torture::leaks::run(&o) as u8),
         Cmd::TortureClient(o) => return ExitCode::from(torture::client::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
     }

@@ -646,3 +646,133 @@ fn every_interrupt_reaches_its_request() {
     }
     assert_eq!(waiter.join().unwrap(), N);
 }
+
+fn lock_ioctl(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_LOCK is _IO('X', 4): no argument memory.
+    unsafe {
+        rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ devlife_drivers::xyz::XYZ_IOC_LOCK.raw() }>::new())
+    }
+}
+
+fn unbind_self(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_UNBIND_SELF is _IO('X', 5): no argument memory.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::NoArg::<{ devlife_drivers::xyz::XYZ_IOC_UNBIND_SELF.raw() }>::new(),
+        )
+    }
+}
+
+#[test]
+fn injected_faults() {
+    let Some(s) = Server::start(&[]) else { return };
+    let s = std::sync::Arc::new(s);
+    let fault = |name: &str, v: &str| s.write(&format!("debug/xyz/fault/{name}"), v).unwrap();
+
+    // A panicking handler: EIO for the caller, the server and device live on.
+    let fd = s.open("dev/xyz0");
+    fault("panic", "1");
+    assert_eq!(count(&fd), Err(Errno::IO));
+    assert_eq!(s.stat_line("panics"), 1);
+    fault("panic", "0");
+    assert_eq!(count(&fd), Ok(1), "the device lives on");
+
+    // Allocation failure: ENOMEM, nothing changed, then writes work again.
+    fault("fail_alloc", "1");
+    assert_eq!(rustix::io::write(&fd, b"abc"), Err(Errno::NOMEM));
+    fault("fail_alloc", "0");
+    assert_eq!(rustix::io::write(&fd, b"abc"), Ok(3));
+    assert_eq!(read(&fd, 8), Ok(b"abc".to_vec()));
+
+    // Probe failing after each managed step: everything registered so far
+    // is unwound; the device stays, unbound.
+    for step in 1..=3 {
+        fault("fail_probe_at", &step.to_string());
+        s.write("sys/bus/sim/new_device", "xyz xyz9").unwrap();
+        assert_eq!(rustix::fs::stat(s.p("dev/xyz9")).err(), Some(Errno::NOENT), "step {step}");
+        assert_eq!(rustix::fs::stat(s.p("debug/xyz/xyz9")).err(), Some(Errno::NOENT), "step {step}");
+        assert_eq!(
+            rustix::fs::stat(s.p("sys/bus/sim/devices/xyz9/count")).err(),
+            Some(Errno::NOENT),
+            "step {step}"
+        );
+        assert_eq!(std::fs::read_to_string(s.p("sys/bus/sim/devices/xyz9/uevent")).unwrap(), "DEVTYPE=xyz\n");
+        s.write("sys/bus/sim/delete_device", "xyz9").unwrap();
+    }
+    fault("fail_probe_at", "0");
+
+    // A slow release: the removal waits for it, and it runs once.
+    fault("slow_release_ms", "200");
+    let releases = s.stat_line("releases");
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    // The release of `fd` ran during the removal (plus the stats reads').
+    assert!(s.stat_line("releases") > releases);
+    fault("slow_release_ms", "0");
+    drop(fd);
+    s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+
+    // The remover holds the hardware lock: handlers waiting for it are
+    // cancelled by the removal, which completes.
+    fault("lock_hw_in_remove", "1");
+    let lockers: Vec<_> = (0..3)
+        .map(|_| {
+            let fd = s.open("dev/xyz0");
+            std::thread::spawn(move || {
+                loop {
+                    match lock_ioctl(&fd) {
+                        Ok(()) => {}
+                        Err(Errno::NODEV) => return,
+                        Err(e) => panic!("XYZ_IOC_LOCK: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    for l in lockers {
+        l.join().unwrap();
+    }
+    fault("lock_hw_in_remove", "0");
+
+    // A device removing itself from inside its own handler: deferred, no
+    // self-deadlock; it is gone once the handler has returned.
+    s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+    let fd = s.open("dev/xyz0");
+    assert_eq!(unbind_self(&fd), Ok(()));
+    // The worker unpublishes the node, then kills and drains it.
+    until(|| {
+        rustix::fs::stat(s.p("dev/xyz0")).err() == Some(Errno::NOENT) && count(&fd) == Err(Errno::NODEV)
+    });
+    until(|| !std::fs::read_to_string(s.p("sys/bus/sim/devices/xyz0/uevent")).unwrap().contains("DRIVER="));
+}
+
+#[test]
+fn server_killed_while_clients_are_blocked() {
+    let Some(mut s) = Server::start(&[]) else { return };
+    let dir = s.dir.clone();
+    let reader = {
+        let fd = s.open("dev/xyz0");
+        std::thread::spawn(move || read(&fd, 8).map(drop))
+    };
+    let waiter = {
+        let fd = s.open("dev/xyz1");
+        std::thread::spawn(move || wait_ioctl(&fd))
+    };
+    until(|| s.stat_line("inflight_ops") >= 2);
+    s.signal(rustix::process::Signal::KILL);
+    let _ = s.child.wait();
+    // The connection is gone: blocked callers fail at once, nothing hangs.
+    let gone = |r: Result<(), Errno>| matches!(r, Err(Errno::NOTCONN | Errno::CONNABORTED));
+    let r = reader.join().unwrap();
+    assert!(gone(r), "{r:?}");
+    let w = waiter.join().unwrap();
+    assert!(gone(w), "{w:?}");
+    // (The mount root's attributes may be cached for a second; a device
+    // node's are not.)
+    assert_eq!(rustix::fs::stat(dir.join("dev/xyz0")).err(), Some(Errno::NOTCONN));
+    // A new server recovers the mount.
+    let s2 = Server::start_at(&dir, &[]);
+    assert_eq!(count(s2.open("dev/xyz0")), Ok(1));
+    assert!(s2.stop().success());
+}

@@ -41,7 +41,7 @@ use devlife_core::{
     WeakDevice, devm_cdev_device_add, devm_device_create_file,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -86,6 +86,34 @@ pub enum XyzEvent {
 /// The driver's event log.
 pub type EventLog = Arc<Mutex<Vec<XyzEvent>>>;
 
+/// Fault injection, driver-wide, served as `debug/xyz/fault/<name>`.
+#[derive(Default, Clone)]
+pub struct Faults {
+    /// `panic`: `XYZ_IOC_COUNT` panics (the caller gets `EIO`).
+    pub panic: Arc<AtomicBool>,
+    /// `slow_release_ms`: every release sleeps this long (capped at 10 s).
+    pub slow_release_ms: Arc<AtomicU64>,
+    /// `fail_probe_at`: probes fail after step 1 (minor), 2 (character
+    /// device, attribute) or 3 (debugfs); 0: never.
+    pub fail_probe_at: Arc<AtomicU64>,
+    /// `lock_hw_in_remove`: `remove` takes the hardware lock and never
+    /// releases it (the context is dropped with it held).
+    pub lock_hw_in_remove: Arc<AtomicBool>,
+    /// `fail_alloc`: growing the FIFO fails as if memory were exhausted.
+    pub fail_alloc: Arc<AtomicBool>,
+}
+
+impl Faults {
+    fn publish(&self, dir: &Dentry) -> devlife_core::Result<()> {
+        dir.create_bool("panic", 0o600, self.panic.clone())?;
+        dir.create_u64("slow_release_ms", 0o600, self.slow_release_ms.clone())?;
+        dir.create_u64("fail_probe_at", 0o600, self.fail_probe_at.clone())?;
+        dir.create_bool("lock_hw_in_remove", 0o600, self.lock_hw_in_remove.clone())?;
+        dir.create_bool("fail_alloc", 0o600, self.fail_alloc.clone())?;
+        Ok(())
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -105,6 +133,7 @@ pub struct XyzContext {
     /// The hardware lock.
     pub hw: CancellableMutex<()>,
     events: Option<EventLog>,
+    faults: Faults,
 }
 
 impl XyzContext {
@@ -181,6 +210,9 @@ impl FileOperations for XyzIoctlDev {
                 let room = FIFO_SIZE - fifo.len();
                 if room > 0 {
                     let n = room.min(data.len());
+                    if ctx.faults.fail_alloc.load(Ordering::Relaxed) || fifo.try_reserve(n).is_err() {
+                        return Err(Errno::ENOMEM);
+                    }
                     fifo.extend(&data[..n]);
                     drop(fifo);
                     ctx.readable.wake_all();
@@ -198,6 +230,9 @@ impl FileOperations for XyzIoctlDev {
         let ctx = &self.ctx;
         match io.cmd() {
             XYZ_IOC_COUNT => {
+                if ctx.faults.panic.load(Ordering::Relaxed) {
+                    panic!("xyz: injected panic in XYZ_IOC_COUNT");
+                }
                 let n = ctx.count.fetch_add(1, Ordering::Relaxed) + 1;
                 io.set_output(&n.to_ne_bytes())?;
                 Ok(0)
@@ -241,6 +276,10 @@ impl FileOperations for XyzIoctlDev {
     }
 
     fn release(&self, _file: ()) {
+        let ms = self.ctx.faults.slow_release_ms.load(Ordering::Relaxed).min(10_000);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         self.ctx.event(XyzEvent::Released(self.ctx.binding));
     }
 }
@@ -251,23 +290,22 @@ pub struct XyzDriver {
     minors: Arc<Mutex<BTreeSet<u32>>>,
     debugfs: Dentry,
     events: Option<EventLog>,
-    /// Fail the next probes after this step (0: never): 1 after the minor,
-    /// 2 after the character device, 3 after the debugfs directory.
-    fail_probe_at: Arc<AtomicUsize>,
+    faults: Faults,
     contexts: Arc<Mutex<BTreeMap<String, Weak<XyzContext>>>>,
 }
 
 /// Fault injection and inspection for a registered [`XyzDriver`].
 #[derive(Clone)]
 pub struct XyzControl {
-    fail_probe_at: Arc<AtomicUsize>,
+    /// The driver's fault-injection switches.
+    pub faults: Faults,
     contexts: Arc<Mutex<BTreeMap<String, Weak<XyzContext>>>>,
 }
 
 impl XyzControl {
     /// Makes probes fail after step `n` (1..=3), or never (0).
     pub fn fail_probe_at(&self, n: usize) {
-        self.fail_probe_at.store(n, Ordering::Relaxed);
+        self.faults.fail_probe_at.store(n as u64, Ordering::Relaxed);
     }
 
     /// The context of the device called `name`, while it is bound.
@@ -286,15 +324,16 @@ impl XyzDriver {
             Some(d) => d,
             None => root.create_dir("xyz")?,
         };
-        let drv = XyzDriver {
-            region,
-            minors: Arc::default(),
-            debugfs,
-            events,
-            fail_probe_at: Arc::default(),
-            contexts: Arc::default(),
-        };
-        let ctl = XyzControl { fail_probe_at: drv.fail_probe_at.clone(), contexts: drv.contexts.clone() };
+        // One set of switches per registration, published (again) under
+        // debug/xyz/fault.
+        let faults = Faults::default();
+        if let Some(old) = debugfs.child("fault") {
+            old.remove();
+        }
+        faults.publish(&debugfs.create_dir("fault")?)?;
+        let drv =
+            XyzDriver { region, minors: Arc::default(), debugfs, events, faults, contexts: Arc::default() };
+        let ctl = XyzControl { faults: drv.faults.clone(), contexts: drv.contexts.clone() };
         Ok((drv, ctl))
     }
 
@@ -305,7 +344,7 @@ impl XyzDriver {
     }
 
     fn fail_after(&self, step: usize, binding: u64) -> KResult<()> {
-        if self.fail_probe_at.load(Ordering::Relaxed) == step {
+        if self.faults.fail_probe_at.load(Ordering::Relaxed) == step as u64 {
             self.event(XyzEvent::ProbeFailed(binding, step));
             return Err(Errno::EIO);
         }
@@ -335,6 +374,7 @@ impl Driver for XyzDriver {
             never: WaitQueue::new(),
             hw: CancellableMutex::new(()),
             events: self.events.clone(),
+            faults: self.faults.clone(),
         });
 
         // Step 1: a minor, freed when the binding ends.
@@ -382,6 +422,12 @@ impl Driver for XyzDriver {
 
     fn remove(&self, dev: &Bound<'_>, ctx: &Arc<XyzContext>) {
         self.event(XyzEvent::Remove(ctx.binding));
+        if self.faults.lock_hw_in_remove.load(Ordering::Relaxed) {
+            // Hold the hardware lock through the rest of the removal (and
+            // beyond: the context is dropped with it held). Handlers waiting
+            // for it must be cancelled by the removal, not released by it.
+            std::mem::forget(ctx.hw.lock());
+        }
         let mut c = lock(&self.contexts);
         if c.get(dev.name()).is_some_and(|w| w.as_ptr() == Arc::as_ptr(ctx)) {
             c.remove(dev.name());

@@ -70,9 +70,14 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 }
 
 /// The state of any FUSE mount at `dir`.
+///
+/// Probed with `statfs`, which FUSE always sends to the server: a `stat`
+/// of the mount root may be answered from the kernel's attribute cache
+/// (shared by every process) for a while after the server died, making a
+/// stale mount look live.
 pub fn state(dir: &Path) -> MountState {
-    match rustix::fs::stat(dir) {
-        Err(rustix::io::Errno::NOTCONN) => MountState::Stale,
+    match rustix::fs::statfs(dir) {
+        Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED) => MountState::Stale,
         _ if fuse_mounted_at(dir) => MountState::Live,
         _ => MountState::Free,
     }

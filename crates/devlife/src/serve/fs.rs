@@ -85,6 +85,17 @@ impl ServeFs {
                 }
             });
         }
+        // debug/devlife/fuse: the serving layer's table sizes.
+        {
+            let ino = Arc::downgrade(&inodes);
+            let file = devlife_core::text::TextFile::read_only(move || {
+                let (n, p) = ino.upgrade().map_or((0, 0), |i| i.counts());
+                Ok(format!("inodes {n}\npaths {p}\n"))
+            });
+            if let Some(d) = sys.debugfs().child("devlife") {
+                let _ = d.create_file("fuse", 0o444, file);
+            }
+        }
         let start =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         ServeFs {

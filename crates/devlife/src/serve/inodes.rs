@@ -80,6 +80,12 @@ impl Inodes {
         self.peek(path, id).unwrap_or(u64::MAX)
     }
 
+    /// Inodes known to the kernel (and paths they stand for).
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.lock();
+        (t.by_ino.len(), t.by_path.len())
+    }
+
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT {

@@ -16,6 +16,7 @@
 //!   at that moment.
 
 pub mod client;
+pub mod leaks;
 mod rng;
 
 use client::{MAX_HOLD_MS, NODES};
@@ -52,7 +53,7 @@ pub struct Opts {
 /// A removal slower than this is a violation.
 const REMOVAL_BOUND: Duration = Duration::from_millis(MAX_HOLD_MS + 100);
 
-fn write(path: &Path, text: &str) -> Result<(), Errno> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), Errno> {
     let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
     rustix::io::write(&fd, text.as_bytes()).map(drop)
 }
@@ -66,7 +67,7 @@ fn stats(dir: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-fn start_server(exe: &Path, dir: &Path) -> Result<Child, String> {
+pub(crate) fn start_server(exe: &Path, dir: &Path) -> Result<Child, String> {
     let mut child = Command::new(exe)
         .arg("serve")
         .arg("--mount")
