@@ -48,3 +48,58 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     }
     Ok(())
 }
+
+/// Longest accepted control-file write, in bytes (one page, as sysfs).
+pub const CONTROL_MAX: usize = 4096;
+
+/// Why a control-file write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// Longer than [`CONTROL_MAX`].
+    #[error("longer than {CONTROL_MAX} bytes")]
+    TooLong,
+    /// Not UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// Not the expected number of fields.
+    #[error("expected {0} space-separated field(s)")]
+    Fields(usize),
+    /// A field is not a valid name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+fn control_text(data: &[u8]) -> Result<&str, ControlError> {
+    if data.len() > CONTROL_MAX {
+        return Err(ControlError::TooLong);
+    }
+    let text = std::str::from_utf8(data).map_err(|_| ControlError::NotUtf8)?;
+    Ok(text.strip_suffix('\n').unwrap_or(text))
+}
+
+/// One name, as `echo name > file` writes it (one trailing newline dropped).
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::name::one_name;
+/// assert_eq!(one_name(b"xyz0\n"), Ok("xyz0"));
+/// assert!(one_name(b"../x").is_err());
+/// ```
+pub fn one_name(data: &[u8]) -> Result<&str, ControlError> {
+    let text = control_text(data)?;
+    validate(text)?;
+    Ok(text)
+}
+
+/// `"<type> <name>"`, as `new_device` takes it.
+pub fn type_and_name(data: &[u8]) -> Result<(&str, &str), ControlError> {
+    let text = control_text(data)?;
+    let mut it = text.split(' ');
+    let (Some(ty), Some(name), None) = (it.next(), it.next(), it.next()) else {
+        return Err(ControlError::Fields(2));
+    };
+    validate(ty)?;
+    validate(name)?;
+    Ok((ty, name))
+}

@@ -5,9 +5,7 @@
 //! * `devlife bench gate [--quick] [--json]`: the gate against the usual
 //!   ways of counting in-flight operations.
 
-mod bench;
-mod serve;
-mod torture;
+use devlife::{bench, serve, torture};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -18,8 +18,11 @@ pub struct Opts {
 
 /// A JSON value of a result row.
 pub enum V {
+    /// A string.
     S(String),
+    /// An integer.
     I(u64),
+    /// A number (`null` if not finite).
     F(f64),
 }
 

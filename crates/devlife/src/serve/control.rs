@@ -4,32 +4,12 @@
 use super::tree::{Control, SIM_TYPES};
 use devlife_core::{Errno, Error, System, name};
 
-/// Longest accepted control write.
-const MAX: usize = 4096;
-
-/// One name, as written by `echo name > file` (one trailing newline dropped).
 fn one_name(data: &[u8]) -> Result<&str, Errno> {
-    if data.len() > MAX {
-        return Err(Errno::EINVAL);
-    }
-    let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    name::validate(text).map_err(|_| Errno::EINVAL)?;
-    Ok(text)
+    name::one_name(data).map_err(|_| Errno::EINVAL)
 }
 
-/// `"<type> <name>"`.
 fn type_and_name(data: &[u8]) -> Result<(&str, &str), Errno> {
-    if data.len() > MAX {
-        return Err(Errno::EINVAL);
-    }
-    let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    let mut it = text.split(' ');
-    let (Some(ty), Some(name), None) = (it.next(), it.next(), it.next()) else { return Err(Errno::EINVAL) };
-    name::validate(ty).map_err(|_| Errno::EINVAL)?;
-    name::validate(name).map_err(|_| Errno::EINVAL)?;
-    Ok((ty, name))
+    name::type_and_name(data).map_err(|_| Errno::EINVAL)
 }
 
 /// Performs the write `data` to control file `c`. Bad input answers

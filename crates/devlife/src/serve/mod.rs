@@ -1,10 +1,10 @@
 //! `devlife serve`: the driver core, with the xyz driver and two devices,
 //! served over FUSE to unmodified processes.
 
-mod control;
+pub mod control;
 mod fs;
 mod inodes;
-mod tree;
+pub mod tree;
 
 pub use fs::ServeFs;
 

@@ -21,8 +21,9 @@ pub const SIM_BUS: &str = "sim";
 /// Device types `new_device` accepts on the sim bus.
 pub const SIM_TYPES: &[&str] = &["xyz"];
 
-/// A control file.
+/// A control file (fields: the bus and driver it acts on).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub enum Control {
     /// `sys/bus/<bus>/drivers/<drv>/bind`
     Bind { bus: String, driver: String },
@@ -36,6 +37,7 @@ pub enum Control {
 
 /// What a path names.
 #[derive(Clone)]
+#[allow(missing_docs)]
 pub enum Obj {
     /// A directory; `id` identifies what it lists (0: fixed structure).
     Dir { id: usize, mode: u32 },

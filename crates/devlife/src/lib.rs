@@ -1,0 +1,12 @@
+//! The `devlife` program's modules, as a library for its binary, its
+//! integration tests and its fuzz targets:
+//!
+//! * [`serve`], the driver core served over FUSE.
+//! * [`torture`], random clients, signals and removals; the leak check.
+//! * [`bench`], benchmarks.
+//! * [`fuzzing`], fuzz harnesses.
+
+pub mod bench;
+pub mod fuzzing;
+pub mod serve;
+pub mod torture;
