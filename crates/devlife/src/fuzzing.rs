@@ -9,11 +9,24 @@ use devlife_core::{Caller, System};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 
-/// Decodes `data` as a request read from `/dev/fuse`.
+/// Decodes `data` as a request read from `/dev/fuse`, and as one taken from
+/// an io_uring entry (its first 288 bytes the entry's header buffer, the
+/// rest its payload).
 pub fn decode(data: &[u8]) {
+    use devlife_fuse::abi::uring::ReqHeader;
+    use zerocopy::FromZeros;
     if let Ok(req) = devlife_fuse::decode::decode(data) {
         // The decoded lengths are within the input.
         assert!(req.header.len as usize == data.len());
+    }
+    let mut entry = ReqHeader::new_zeroed();
+    let n = data.len().min(size_of::<ReqHeader>());
+    zerocopy::IntoBytes::as_mut_bytes(&mut entry)[..n].copy_from_slice(&data[..n]);
+    let payload = &data[n..];
+    if let Ok(req) = devlife_fuse::decode::decode_ring(&entry, payload) {
+        // The header's length covers the payload and at most the argument area.
+        let len = req.header.len as usize;
+        assert!(len >= 40 + payload.len() && len <= 40 + 128 + payload.len());
     }
 }
 

@@ -45,10 +45,47 @@ enum BenchCmd {
     Gate(bench::Opts),
 }
 
+/// Restarts the process with glibc's per-thread malloc caches switched
+/// off, unless `GLIBC_TUNABLES` already sets them or `DEVLIFE_MALLOC_TCACHE`
+/// is set. Called before any thread exists.
+///
+/// A server's objects are allocated by one worker and freed by another
+/// (a device's binding by the `bind` request, its removal by `unbind`);
+/// glibc puts a chunk freed on a thread into that thread's cache, out of
+/// reach of the arena it came from, which keeps growing meanwhile. The
+/// resident size then creeps until every cache is full: +12% over 100,000
+/// bind/unbind cycles in `devlife leaks`, flat without the caches, and no
+/// difference in request throughput was measured. glibc reads its tunables
+/// only at exec, hence the exec.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exec_without_malloc_caches() {
+    use std::os::unix::process::CommandExt;
+    const TUNABLE: &str = "glibc.malloc.tcache_count";
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains(TUNABLE) || std::env::var_os("DEVLIFE_MALLOC_TCACHE").is_some() {
+        return;
+    }
+    let tunables = if current.is_empty() { format!("{TUNABLE}=0") } else { format!("{current}:{TUNABLE}=0") };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+    eprintln!("devlife: cannot restart with {TUNABLE}=0 ({err}); continuing with glibc's defaults");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exec_without_malloc_caches() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve(o) => return ExitCode::from(serve::run(&o) as u8),
+        Cmd::Serve(o) => {
+            exec_without_malloc_caches();
+            return ExitCode::from(serve::run(&o) as u8);
+        }
         Cmd::Torture(o) => return ExitCode::from(torture::run(&o) as u8),
         Cmd::Leaks(o) => return ExitCode::from(torture::leaks::run(&o) as u8),
         Cmd::TortureClient(o) => return ExitCode::from(torture::client::run(&o) as u8),

@@ -11,8 +11,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Protocol major version.
 pub const KERNEL_VERSION: u32 = 7;
 /// The minor version this server speaks (it answers with the smaller of
-/// this and the kernel's).
-pub const KERNEL_MINOR_VERSION: u32 = 31;
+/// this and the kernel's): 7.42, the first with FUSE over io_uring. Nothing
+/// this server reads or writes changed shape between 7.31 and 7.42; the
+/// newer requests it does not implement (`STATX`, ...) are answered
+/// `ENOSYS`, after which the kernel stops sending them.
+pub const KERNEL_MINOR_VERSION: u32 = 42;
 
 /// Opcodes.
 pub mod op {
@@ -56,6 +59,14 @@ pub mod init {
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const ABORT_ERROR: u32 = 1 << 21;
     pub const MAX_PAGES: u32 = 1 << 22;
+    /// `fuse_init_in`/`fuse_init_out` carry `flags2` (the bits 32..63).
+    pub const INIT_EXT: u32 = 1 << 30;
+}
+
+/// INIT flags in `flags2` (bit N here is bit 32 + N of the 64-bit flags).
+pub mod init2 {
+    /// `FUSE_OVER_IO_URING`: requests may be served through io_uring.
+    pub const OVER_IO_URING: u32 = 1 << (41 - 32);
 }
 
 /// `fuse_open_out.open_flags`.
@@ -129,6 +140,74 @@ abi! {
     pub struct NotifyInvalEntryOut { pub parent: u64, pub namelen: u32, pub flags: u32, } = 16;
     pub struct NotifyDeleteOut { pub parent: u64, pub child: u64, pub namelen: u32, pub padding: u32, } = 24;
     pub struct Dirent { pub ino: u64, pub off: u64, pub namelen: u32, pub typ: u32, } = 24;
+}
+
+/// FUSE over io_uring (`fuse.h` 7.42, `fs/fuse/dev_uring.c`).
+///
+/// A server registers ring entries, one `IORING_OP_URING_CMD` each, on the
+/// queue of a CPU. An entry is a [`UringReqHeader`] and a payload buffer.
+/// The kernel fills an available entry with a request sent from that CPU
+/// (`in_out`: the `fuse_in_header`; `op_in`: the operation's fixed-size
+/// argument; the payload: its variable part) and completes the command;
+/// the server writes the `fuse_out_header` into `in_out` and the reply's
+/// body into the payload, and commits it with `COMMIT_AND_FETCH`, which
+/// also makes the entry available again.
+pub mod uring {
+    use super::*;
+
+    /// `FUSE_IO_URING_CMD_REGISTER`: register an entry (its buffers) on a queue.
+    pub const CMD_REGISTER: u32 = 1;
+    /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`: send a reply, then wait for the next request.
+    pub const CMD_COMMIT_AND_FETCH: u32 = 2;
+    /// `FUSE_URING_IN_OUT_HEADER_SZ`.
+    pub const IN_OUT_HEADER_SZ: usize = 128;
+    /// `FUSE_URING_OP_IN_OUT_SZ`.
+    pub const OP_IN_OUT_SZ: usize = 128;
+    /// `FUSE_URING_IOV_SEGS`: an entry is two buffers, header and payload.
+    pub const IOV_SEGS: u32 = 2;
+    /// `FUSE_MIN_READ_BUFFER`: the smallest payload buffer the kernel accepts
+    /// is the largest of this, `max_write` and `max_pages` pages.
+    pub const MIN_READ_BUFFER: usize = 8192;
+
+    /// `struct fuse_uring_ent_in_out`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+    pub struct EntInOut {
+        pub flags: u64,
+        /// The request's unique id, to commit its reply with.
+        pub commit_id: u64,
+        /// Bytes used in the payload buffer (request or reply).
+        pub payload_sz: u32,
+        pub padding: u32,
+        pub reserved: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<EntInOut>() == 32);
+
+    /// `struct fuse_uring_req_header`: an entry's header buffer.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+    pub struct ReqHeader {
+        /// `fuse_in_header` of a request, `fuse_out_header` of a reply.
+        pub in_out: [u8; IN_OUT_HEADER_SZ],
+        /// The operation's fixed-size argument (its first `in_arg`).
+        pub op_in: [u8; OP_IN_OUT_SZ],
+        pub ent: EntInOut,
+    }
+    const _: () = assert!(std::mem::size_of::<ReqHeader>() == 288);
+
+    /// `struct fuse_uring_cmd_req`, at the start of the SQE's 80-byte
+    /// command area.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+    pub struct CmdReq {
+        pub flags: u64,
+        /// For `COMMIT_AND_FETCH`: the unique id of the request answered.
+        pub commit_id: u64,
+        /// The queue (CPU) the entry belongs to.
+        pub qid: u16,
+        pub padding: [u8; 6],
+    }
+    const _: () = assert!(std::mem::size_of::<CmdReq>() == 24);
 }
 
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.

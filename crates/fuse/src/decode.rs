@@ -1,8 +1,12 @@
-//! Decoding one request read from `/dev/fuse` into a typed [`Request`].
+//! Decoding one request into a typed [`Request`]: read from `/dev/fuse`
+//! ([`decode`]) or taken from an io_uring entry ([`decode_ring`]).
 //!
 //! Pure: bytes in, a request or a [`DecodeError`] out. Every length comes
 //! from the kernel and is checked before use; nothing here can panic on
-//! input.
+//! input. Both forms go through one table of operations: a request is a
+//! header, the operation's fixed-size argument, then its variable part (a
+//! name, write data, ioctl input), in one buffer from `/dev/fuse` and in
+//! two (the entry's argument area and its payload) from a ring.
 
 use crate::abi::{self, op};
 use zerocopy::FromBytes;
@@ -33,6 +37,17 @@ pub enum DecodeError {
         /// The operation's name.
         op: &'static str,
     },
+    /// A ring entry's header claims a length its argument area and payload
+    /// cannot hold.
+    #[error(
+        "ring request of {header} bytes does not fit a 40-byte header, the argument area and a {payload}-byte payload"
+    )]
+    RingLength {
+        /// `fuse_in_header.len`.
+        header: u32,
+        /// The payload bytes the entry says it carries.
+        payload: usize,
+    },
 }
 
 /// A decoded request: its header and operation.
@@ -48,7 +63,11 @@ pub struct Request<'a> {
 #[derive(Debug)]
 #[allow(missing_docs)] // variants and fields are the protocol's
 pub enum Operation<'a> {
-    Init(abi::InitIn),
+    Init {
+        arg: abi::InitIn,
+        /// The flags' upper 32 bits (`FUSE_INIT_EXT`), 0 if absent.
+        flags2: u32,
+    },
     Destroy,
     Lookup {
         name: &'a [u8],
@@ -91,8 +110,28 @@ impl Operation<'_> {
     }
 }
 
-fn arg<'a, T: FromBytes + Copy>(data: &'a [u8], op: &'static str) -> Result<(T, &'a [u8]), DecodeError> {
-    T::read_from_prefix(data).map_err(|_| DecodeError::Truncated { op })
+/// An operation's arguments: its fixed-size argument structure, then the
+/// variable part.
+#[derive(Clone, Copy)]
+struct Args<'a> {
+    /// From `/dev/fuse`: everything after the header. From a ring: the
+    /// fixed-size argument only.
+    fixed: &'a [u8],
+    /// From a ring: the payload, holding the variable part.
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Args<'a> {
+    /// The fixed-size argument, and the variable part after it.
+    fn fixed<T: FromBytes + Copy>(self, op: &'static str) -> Result<(T, &'a [u8]), DecodeError> {
+        let (t, after) = T::read_from_prefix(self.fixed).map_err(|_| DecodeError::Truncated { op })?;
+        Ok((t, self.rest.unwrap_or(after)))
+    }
+
+    /// The variable part of an operation without a fixed-size argument.
+    fn all(self) -> &'a [u8] {
+        self.rest.unwrap_or(self.fixed)
+    }
 }
 
 fn name<'a>(data: &'a [u8], op: &'static str) -> Result<&'a [u8], DecodeError> {
@@ -100,56 +139,90 @@ fn name<'a>(data: &'a [u8], op: &'static str) -> Result<&'a [u8], DecodeError> {
     Ok(&data[..nul])
 }
 
-/// Decodes the request in `buf` (exactly the bytes one read returned).
+/// Decodes the request in `buf` (exactly the bytes one read of `/dev/fuse`
+/// returned).
 pub fn decode(buf: &[u8]) -> Result<Request<'_>, DecodeError> {
     let (header, data) =
         abi::InHeader::read_from_prefix(buf).map_err(|_| DecodeError::ShortHeader(buf.len()))?;
     if header.len as usize != buf.len() {
         return Err(DecodeError::LengthMismatch { header: header.len, read: buf.len() });
     }
+    let op = decode_op(&header, Args { fixed: data, rest: None })?;
+    Ok(Request { header, op })
+}
+
+/// Decodes the request a ring entry holds: its header buffer (`in_out`,
+/// `op_in`) and the first `payload_sz` bytes of its payload (`payload`).
+///
+/// The kernel does not say how long the fixed-size argument in `op_in` is;
+/// the header's length does: `len = 40 + argument + payload`.
+pub fn decode_ring<'a>(
+    entry: &'a abi::uring::ReqHeader,
+    payload: &'a [u8],
+) -> Result<Request<'a>, DecodeError> {
+    let (header, _) = abi::InHeader::read_from_prefix(&entry.in_out[..])
+        .map_err(|_| DecodeError::ShortHeader(entry.in_out.len()))?;
+    let fixed_len = (header.len as usize)
+        .checked_sub(std::mem::size_of::<abi::InHeader>() + payload.len())
+        .filter(|&n| n <= entry.op_in.len())
+        .ok_or(DecodeError::RingLength { header: header.len, payload: payload.len() })?;
+    let op = decode_op(&header, Args { fixed: &entry.op_in[..fixed_len], rest: Some(payload) })?;
+    Ok(Request { header, op })
+}
+
+fn decode_op<'a>(header: &abi::InHeader, args: Args<'a>) -> Result<Operation<'a>, DecodeError> {
     let op = match header.opcode {
-        op::INIT => Operation::Init(arg(data, "INIT")?.0),
+        op::INIT => {
+            let (arg, rest): (abi::InitIn, _) = args.fixed("INIT")?;
+            let flags2 = if arg.flags & abi::init::INIT_EXT != 0 {
+                u32::read_from_prefix(rest).map_or(0, |(f, _)| f)
+            } else {
+                0
+            };
+            Operation::Init { arg, flags2 }
+        }
         op::DESTROY => Operation::Destroy,
-        op::LOOKUP => Operation::Lookup { name: name(data, "LOOKUP")? },
-        op::FORGET => Operation::Forget(arg(data, "FORGET")?.0),
+        op::LOOKUP => Operation::Lookup { name: name(args.all(), "LOOKUP")? },
+        op::FORGET => Operation::Forget(args.fixed("FORGET")?.0),
         op::BATCH_FORGET => {
-            let (h, mut rest): (abi::BatchForgetIn, _) = arg(data, "BATCH_FORGET")?;
+            let (h, mut rest): (abi::BatchForgetIn, _) = args.fixed("BATCH_FORGET")?;
             let mut v = Vec::with_capacity((h.count as usize).min(rest.len() / 16));
             for _ in 0..h.count {
-                let (one, r) = arg::<abi::ForgetOne>(rest, "BATCH_FORGET")?;
+                let (one, r) = abi::ForgetOne::read_from_prefix(rest)
+                    .map_err(|_| DecodeError::Truncated { op: "BATCH_FORGET" })?;
                 v.push(one);
                 rest = r;
             }
             Operation::BatchForget(v)
         }
-        op::GETATTR => Operation::Getattr(arg(data, "GETATTR")?.0),
-        op::SETATTR => Operation::Setattr(arg(data, "SETATTR")?.0),
+        op::GETATTR => Operation::Getattr(args.fixed("GETATTR")?.0),
+        op::SETATTR => Operation::Setattr(args.fixed("SETATTR")?.0),
         op::READLINK => Operation::Readlink,
-        op::OPEN => Operation::Open(arg(data, "OPEN")?.0),
-        op::READ => Operation::Read(arg(data, "READ")?.0),
+        op::OPEN => Operation::Open(args.fixed("OPEN")?.0),
+        op::READ => Operation::Read(args.fixed("READ")?.0),
         op::WRITE => {
-            let (a, rest): (abi::WriteIn, _) = arg(data, "WRITE")?;
+            let (a, rest): (abi::WriteIn, _) = args.fixed("WRITE")?;
             let payload = rest.get(..a.size as usize).ok_or(DecodeError::Truncated { op: "WRITE" })?;
             Operation::Write { arg: a, data: payload }
         }
-        op::FLUSH => Operation::Flush(arg(data, "FLUSH")?.0),
-        op::RELEASE => Operation::Release(arg(data, "RELEASE")?.0),
-        op::OPENDIR => Operation::Opendir(arg(data, "OPENDIR")?.0),
-        op::READDIR => Operation::Readdir { arg: arg(data, "READDIR")?.0, plus: false },
-        op::READDIRPLUS => Operation::Readdir { arg: arg(data, "READDIRPLUS")?.0, plus: true },
-        op::RELEASEDIR => Operation::Releasedir(arg(data, "RELEASEDIR")?.0),
+        op::FLUSH => Operation::Flush(args.fixed("FLUSH")?.0),
+        op::RELEASE => Operation::Release(args.fixed("RELEASE")?.0),
+        op::OPENDIR => Operation::Opendir(args.fixed("OPENDIR")?.0),
+        op::READDIR => Operation::Readdir { arg: args.fixed("READDIR")?.0, plus: false },
+        op::READDIRPLUS => Operation::Readdir { arg: args.fixed("READDIRPLUS")?.0, plus: true },
+        op::RELEASEDIR => Operation::Releasedir(args.fixed("RELEASEDIR")?.0),
         op::IOCTL => {
-            let (a, rest): (abi::IoctlIn, _) = arg(data, "IOCTL")?;
+            let (a, rest): (abi::IoctlIn, _) = args.fixed("IOCTL")?;
             let payload = rest.get(..a.in_size as usize).ok_or(DecodeError::Truncated { op: "IOCTL" })?;
             Operation::Ioctl { arg: a, data: payload }
         }
-        op::POLL => Operation::Poll(arg(data, "POLL")?.0),
-        op::INTERRUPT => Operation::Interrupt(arg(data, "INTERRUPT")?.0),
+        op::POLL => Operation::Poll(args.fixed("POLL")?.0),
+        op::INTERRUPT => Operation::Interrupt(args.fixed("INTERRUPT")?.0),
         op::STATFS => Operation::Statfs,
-        op::ACCESS => Operation::Access(arg(data, "ACCESS")?.0),
+        op::ACCESS => Operation::Access(args.fixed("ACCESS")?.0),
         other => Operation::Unsupported(other),
     };
-    Ok(Request { header, op })
+    Ok(op)
 }
 
 #[cfg(test)]
@@ -198,6 +271,82 @@ mod tests {
             decode(&req(op::BATCH_FORGET, bf.as_bytes())).unwrap_err(),
             DecodeError::Truncated { op: "BATCH_FORGET" }
         );
+    }
+
+    /// A ring entry as the kernel fills it: the header, the fixed-size
+    /// argument in `op_in`, the rest in the payload.
+    fn ring(opcode: u32, fixed: &[u8], payload: &[u8]) -> abi::uring::ReqHeader {
+        use zerocopy::FromZeros;
+        let mut e = abi::uring::ReqHeader::new_zeroed();
+        let h = abi::InHeader {
+            len: (40 + fixed.len() + payload.len()) as u32,
+            opcode,
+            unique: 9,
+            nodeid: 1,
+            ..Default::default()
+        };
+        e.in_out[..40].copy_from_slice(h.as_bytes());
+        e.op_in[..fixed.len()].copy_from_slice(fixed);
+        e.ent.payload_sz = payload.len() as u32;
+        e
+    }
+
+    #[test]
+    fn ring_requests_decode_as_from_dev_fuse() {
+        // LOOKUP has no fixed-size argument: the name is the payload.
+        let e = ring(op::LOOKUP, &[], b"xyz0\0");
+        assert!(matches!(decode_ring(&e, b"xyz0\0").unwrap().op, Operation::Lookup { name: b"xyz0" }));
+        // WRITE: the argument in op_in, the data in the payload.
+        let w = abi::WriteIn { size: 4, ..Default::default() };
+        let e = ring(op::WRITE, w.as_bytes(), b"abcd");
+        match decode_ring(&e, b"abcd").unwrap().op {
+            Operation::Write { arg, data } => assert_eq!((arg.size, data), (4, &b"abcd"[..])),
+            op => panic!("{op:?}"),
+        }
+        // The same bytes through /dev/fuse decode alike.
+        let mut flat = w.as_bytes().to_vec();
+        flat.extend_from_slice(b"abcd");
+        assert!(matches!(decode(&req(op::WRITE, &flat)).unwrap().op, Operation::Write { data: b"abcd", .. }));
+    }
+
+    #[test]
+    fn ring_lengths_are_checked() {
+        // The header claims less than the payload it came with.
+        let mut e = ring(op::LOOKUP, &[], b"x\0");
+        e.in_out[..4].copy_from_slice(&41u32.to_ne_bytes());
+        assert_eq!(decode_ring(&e, b"x\0").unwrap_err(), DecodeError::RingLength { header: 41, payload: 2 });
+        // More than the argument area holds.
+        e.in_out[..4].copy_from_slice(&(40u32 + 129 + 2).to_ne_bytes());
+        assert!(matches!(decode_ring(&e, b"x\0").unwrap_err(), DecodeError::RingLength { .. }));
+        // A fixed-size argument shorter than the operation's.
+        let e = ring(op::READ, &[0; 8], &[]);
+        assert_eq!(decode_ring(&e, &[]).unwrap_err(), DecodeError::Truncated { op: "READ" });
+        // Junk of every shape decodes or fails, never panics.
+        for opcode in 0..64 {
+            for fixed in [0usize, 8, 40, 128] {
+                for payload in [0usize, 3, 64] {
+                    let mut e = ring(opcode, &vec![0xa5; fixed], &vec![0x5a; payload]);
+                    let _ = decode_ring(&e, &vec![0x5a; payload]);
+                    e.in_out[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+                    let _ = decode_ring(&e, &vec![0x5a; payload]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn init_reads_flags2_only_with_init_ext() {
+        let mut i = abi::InitIn { major: 7, minor: 45, max_readahead: 0, flags: abi::init::INIT_EXT };
+        let mut b = i.as_bytes().to_vec();
+        b.extend_from_slice(&abi::init2::OVER_IO_URING.to_ne_bytes());
+        assert!(matches!(
+            decode(&req(op::INIT, &b)).unwrap().op,
+            Operation::Init { flags2: abi::init2::OVER_IO_URING, .. }
+        ));
+        i.flags = 0;
+        let mut b = i.as_bytes().to_vec();
+        b.extend_from_slice(&abi::init2::OVER_IO_URING.to_ne_bytes());
+        assert!(matches!(decode(&req(op::INIT, &b)).unwrap().op, Operation::Init { flags2: 0, .. }));
     }
 
     #[test]

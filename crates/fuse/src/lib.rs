@@ -16,14 +16,18 @@
 //! * [`Notifier`]: poll wake-ups, entry invalidation and deletion.
 
 pub mod abi;
+mod buf;
 pub mod decode;
+mod dev;
+mod dispatch;
 mod fs;
 pub mod mount;
 mod notify;
 mod reply;
+mod ring;
 mod session;
 
 pub use fs::{DirBuf, Entry, FileAttr, Filesystem, Opened, Req};
 pub use notify::Notifier;
 pub use rustix::io::Errno;
-pub use session::{Config, Session};
+pub use session::{Config, Counters, Session, Transport, TransportStats};

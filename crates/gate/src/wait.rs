@@ -177,16 +177,38 @@ impl fmt::Debug for WaitQueue {
 /// Every [`Gate`](crate::Gate) has one, cancelled by its kill. A second,
 /// free-standing source models a per-request interrupt (FUSE `INTERRUPT`, a
 /// signal): cancelling it fails only the waits of that request.
+///
+/// A source may also carry a *probe* ([`with_probe`](Self::with_probe)),
+/// for an interruption that must be asked about rather than announced: a
+/// wait runs it once, before its first sleep, and fires the source if it
+/// says so (the kernel's `signal_pending()` check before `schedule()`).
 #[derive(Default)]
 pub struct CancelSource {
     cancelled: AtomicBool,
     waiters: Mutex<Vec<Arc<dyn Wake>>>,
+    probe: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    probed: AtomicBool,
 }
 
 impl CancelSource {
     /// A source that has not fired.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A source that also fires when `probe` returns `true`, asked once,
+    /// before the first sleep of a wait registered on it.
+    pub fn with_probe(probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self { probe: Some(Box::new(probe)), ..Self::default() }
+    }
+
+    /// Runs the probe, the first time only; fires the source if it says so.
+    fn run_probe(&self) {
+        if let Some(p) = &self.probe {
+            if !self.probed.swap(true, Ordering::Relaxed) && p() {
+                self.cancel();
+            }
+        }
     }
 
     /// Fires the source: current and future waits registered on it fail.
@@ -264,6 +286,7 @@ pub fn wait_event(
         }
         registered += 1;
     }
+    let mut probed = false;
     let result = result.unwrap_or_else(|| {
         loop {
             waiter.reset();
@@ -272,6 +295,13 @@ pub fn wait_event(
             }
             if let Some((_, why)) = sources.iter().find(|(s, _)| s.is_cancelled()) {
                 break Err(*why);
+            }
+            if !probed {
+                // Before the first sleep: a probe that fires cancels its
+                // source, which wakes `waiter`; the next turn sees it.
+                probed = true;
+                sources.iter().for_each(|(s, _)| s.run_probe());
+                continue;
             }
             if !waiter.sleep(deadline) {
                 break if cond() { Ok(()) } else { Err(Cancelled::TimedOut) };

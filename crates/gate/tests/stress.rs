@@ -254,6 +254,62 @@ fn kill_wakes_sleepers_and_interrupt_wakes_one() {
 }
 
 #[test]
+fn a_probe_that_fires_interrupts_before_the_first_sleep() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gate = Gate::new();
+    let wq = WaitQueue::new();
+    // A firing probe: the wait fails at once, without sleeping.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let intr = CancelSource::with_probe(move || {
+        a.fetch_add(1, Ordering::Relaxed);
+        true
+    });
+    let g = gate.try_enter().unwrap();
+    assert_eq!(g.wait_event(&wq, Some(&intr), || false), Err(Cancelled::Interrupted));
+    assert!(intr.is_cancelled());
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+    // A condition that already holds never asks.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let intr = CancelSource::with_probe(move || {
+        a.fetch_add(1, Ordering::Relaxed);
+        true
+    });
+    assert_eq!(g.wait_event(&wq, Some(&intr), || true), Ok(()));
+    assert_eq!(asked.load(Ordering::Relaxed), 0);
+    drop(g);
+    // A quiet probe is asked once per source, however many sleeps follow;
+    // the wait sleeps until its condition or a cancellation.
+    let gate = Arc::new(Gate::new());
+    let wq = Arc::new(WaitQueue::new());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let intr = Arc::new(CancelSource::with_probe(move || {
+        a.fetch_add(1, Ordering::Relaxed);
+        false
+    }));
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleeper = {
+        let (gate, wq, intr, flag) = (gate.clone(), wq.clone(), intr.clone(), flag.clone());
+        thread::spawn(move || {
+            let g = gate.try_enter().unwrap();
+            let r1 = g.wait_event(&wq, Some(&intr), || flag.load(Ordering::SeqCst));
+            let r2 = g.wait_event(&wq, Some(&intr), || false);
+            (r1, r2)
+        })
+    };
+    until(|| wq.sleepers() == 1);
+    wq.wake_all(); // a spurious wake-up: the condition is still false
+    flag.store(true, Ordering::SeqCst);
+    wq.wake_all();
+    until(|| wq.sleepers() == 1); // the second wait sleeps
+    intr.cancel();
+    assert_eq!(sleeper.join().unwrap(), (Ok(()), Err(Cancelled::Interrupted)));
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+}
+
+#[test]
 fn wait_entered_after_kill_fails_at_once() {
     // The debugfs 952c3fce297f class: a handler entering its cancellable
     // section after the removal started must not sleep.

@@ -7,7 +7,9 @@ use super::tree::{self, Obj};
 use devlife_core::gate::Wake;
 use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
 use devlife_fuse::abi::fopen;
-use devlife_fuse::{DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, Req};
+use devlife_fuse::{
+    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, Req, Transport, TransportStats,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,6 +42,7 @@ pub struct ServeFs {
     gid: u32,
     start: u64,
     notifier: Arc<OnceLock<Notifier>>,
+    transport: Arc<TransportStats>,
 }
 
 fn kerr(e: KErrno) -> Errno {
@@ -85,12 +88,25 @@ impl ServeFs {
                 }
             });
         }
-        // debug/devlife/fuse: the serving layer's table sizes.
+        // debug/devlife/fuse: the serving layer's table sizes and the
+        // transport's counts.
+        let transport = Arc::new(TransportStats::default());
         {
             let ino = Arc::downgrade(&inodes);
+            let t = Arc::downgrade(&transport);
             let file = devlife_core::text::TextFile::read_only(move || {
                 let (n, p) = ino.upgrade().map_or((0, 0), |i| i.counts());
-                Ok(format!("inodes {n}\npaths {p}\n"))
+                let c = t.upgrade().map(|t| t.snapshot()).unwrap_or_default();
+                let (name, queues) = match c.transport {
+                    Some(Transport::IoUring { queues }) => ("io_uring", queues),
+                    Some(Transport::DevFuse) => ("dev_fuse", 0),
+                    None => ("starting", 0),
+                };
+                Ok(format!(
+                    "inodes {n}\npaths {p}\ntransport {name}\nring_queues {queues}\nring_requests {}\n\
+                     dev_requests {}\nring_workers {}\ndev_workers {}\nring_kicks {}\n",
+                    c.ring_requests, c.dev_requests, c.ring_workers, c.dev_workers, c.ring_kicks
+                ))
             });
             if let Some(d) = sys.debugfs().child("devlife") {
                 let _ = d.create_file("fuse", 0o444, file);
@@ -107,7 +123,14 @@ impl ServeFs {
             gid,
             start,
             notifier,
+            transport,
         }
+    }
+
+    /// The transport's counts, for the session to count into (see
+    /// `debug/devlife/fuse`).
+    pub fn transport_stats(&self) -> Arc<TransportStats> {
+        self.transport.clone()
     }
 
     fn resolve_ino(&self, ino: u64) -> Result<(String, Obj), Errno> {

@@ -10,7 +10,7 @@ pub use fs::ServeFs;
 
 use devlife_core::System;
 use devlife_fuse::mount::{self, MountOptions, MountState};
-use devlife_fuse::{Config, Session};
+use devlife_fuse::{Config, Session, Transport};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -24,6 +24,36 @@ pub struct Opts {
     /// Let other users reach the mount (node modes then decide).
     #[arg(long)]
     pub allow_other: bool,
+    /// Serve through FUSE over io_uring: `auto` when the kernel offers it
+    /// (`/sys/module/fuse/parameters/enable_uring`), `on` to enable it
+    /// first (root), `off` for `/dev/fuse` only.
+    #[arg(long, value_enum, default_value_t = IoUring::Auto)]
+    pub io_uring: IoUring,
+}
+
+/// `--io-uring`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoUring {
+    /// Use it if the kernel offers it.
+    Auto,
+    /// Enable it in the kernel (root), then use it.
+    On,
+    /// Serve through `/dev/fuse` only.
+    Off,
+}
+
+/// The kernel's switch for FUSE over io_uring.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Turns on the kernel's FUSE over io_uring (it only lets servers that ask
+/// for it use it), unless it is on already.
+fn enable_uring() -> Result<(), String> {
+    let on = std::fs::read_to_string(ENABLE_URING).map_err(|e| format!("{ENABLE_URING}: {e}"))?;
+    if on.trim() == "Y" {
+        return Ok(());
+    }
+    std::fs::write(ENABLE_URING, "1")
+        .map_err(|e| format!("cannot enable FUSE over io_uring ({ENABLE_URING}): {e}"))
 }
 
 fn default_dir() -> PathBuf {
@@ -108,6 +138,9 @@ fn serve(o: &Opts) -> Result<(), String> {
         MountState::Live => return Err(format!("{} is already mounted by a live server", dir.display())),
         MountState::Free => {}
     }
+    if o.io_uring == IoUring::On {
+        enable_uring()?;
+    }
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let sys = default_system(uid, gid).map_err(|e| format!("cannot set up the drivers: {e}"))?;
@@ -122,8 +155,22 @@ fn serve(o: &Opts) -> Result<(), String> {
         MountOptions { allow_other: o.allow_other, fsname: "devlife".into(), subtype: "devlife".into() };
     let mut m = mount::mount(&dir, &opts).map_err(|e| format!("cannot mount {}: {e}", dir.display()))?;
     let fd = m.take_fd().ok_or("the mount has no connection")?;
-    let session = Session::start(fd, ServeFs::new(sys.clone(), uid, gid), Config::default())
+    let config = Config {
+        io_uring: o.io_uring != IoUring::Off,
+        mount_dir: Some(m.dir().to_owned()),
+        ..Config::default()
+    };
+    let fs = ServeFs::new(sys.clone(), uid, gid);
+    let stats = fs.transport_stats();
+    let session = Session::start_with_stats(fd, fs, config, stats)
         .map_err(|e| format!("FUSE handshake failed: {e}"))?;
+    match session.transport() {
+        Transport::IoUring { queues } => eprintln!("devlife serve: FUSE over io_uring, {queues} queues"),
+        Transport::DevFuse if o.io_uring == IoUring::On => {
+            return Err("FUSE over io_uring was asked for but could not start".into());
+        }
+        Transport::DevFuse => eprintln!("devlife serve: /dev/fuse"),
+    }
     println!("ready {}", m.dir().display());
     let _ = std::io::stdout().flush();
 

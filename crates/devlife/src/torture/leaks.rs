@@ -21,6 +21,12 @@ pub struct Opts {
     /// Warm-up cycles (pools and tables reach their working size).
     #[arg(long, default_value_t = 2_000)]
     pub warmup: u64,
+    /// Print the server's RSS every this many cycles (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub report_every: u64,
+    /// The server's `--io-uring`.
+    #[arg(long, value_enum, default_value_t = crate::serve::IoUring::Auto)]
+    pub io_uring: crate::serve::IoUring,
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -60,7 +66,7 @@ pub fn run(o: &Opts) -> i32 {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(format!("devlife-leaks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut server = start_server(&exe, &dir)?;
+        let mut server = start_server(&exe, &dir, o.io_uring)?;
         let pid = server.id();
         let (rss0, fds0, thr0) = (rss_kb(pid), fds(pid), threads(pid));
         for _ in 0..o.warmup {
@@ -68,8 +74,16 @@ pub fn run(o: &Opts) -> i32 {
         }
         let (rss1, fds1, thr1) = (rss_kb(pid), fds(pid), threads(pid));
         let t = Instant::now();
-        for _ in 0..o.cycles {
+        for i in 1..=o.cycles {
             cycle(&dir)?;
+            if o.report_every != 0 && i % o.report_every == 0 {
+                println!(
+                    "leaks: after {i} cycles rss_kb={} fds={} threads={}",
+                    rss_kb(pid),
+                    fds(pid),
+                    threads(pid)
+                );
+            }
         }
         let secs = t.elapsed().as_secs_f64();
         // RELEASE is asynchronous: let the last closes arrive.

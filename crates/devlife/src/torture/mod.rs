@@ -48,6 +48,9 @@ pub struct Opts {
     /// Use the server running there (default: start one on a fresh mount).
     #[arg(long)]
     pub mount: Option<PathBuf>,
+    /// The started server's `--io-uring`.
+    #[arg(long, value_enum, default_value_t = crate::serve::IoUring::Auto)]
+    pub io_uring: crate::serve::IoUring,
 }
 
 /// A removal slower than this is a violation.
@@ -67,11 +70,15 @@ fn stats(dir: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-pub(crate) fn start_server(exe: &Path, dir: &Path) -> Result<Child, String> {
+pub(crate) fn start_server(exe: &Path, dir: &Path, io_uring: crate::serve::IoUring) -> Result<Child, String> {
+    let mode =
+        clap::ValueEnum::to_possible_value(&io_uring).map(|v| v.get_name().to_owned()).unwrap_or_default();
     let mut child = Command::new(exe)
         .arg("serve")
         .arg("--mount")
         .arg(dir)
+        .arg("--io-uring")
+        .arg(mode)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the server: {e}"))?;
@@ -145,12 +152,17 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 std::env::temp_dir().join(format!("devlife-torture-{}", std::process::id()))
             });
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-            let child = start_server(&exe, &d)?;
+            let child = start_server(&exe, &d, o.io_uring)?;
             (std::fs::canonicalize(&d).map_err(|e| e.to_string())?, Some(child))
         }
     };
+    let transport = std::fs::read_to_string(dir.join("debug/devlife/fuse"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("transport ").map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
     eprintln!(
-        "torture: seed {seed}, {} s, {} clients x {} threads, on {}",
+        "torture: seed {seed}, {} s, {} clients x {} threads, on {} (transport {transport})",
         o.seconds,
         o.clients,
         o.threads,

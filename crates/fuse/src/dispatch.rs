@@ -1,0 +1,250 @@
+//! What happens to a request once it is decoded, whichever transport it
+//! came by: `FUSE_INTERRUPT` bookkeeping ([`Inflight`]), then the dispatch
+//! from [`Operation`] to a [`Filesystem`] method, in one table.
+//!
+//! Handling a request, in order: an interrupt cancels its target and is
+//! not answered; any other request is registered for interruption (and
+//! cancelled at once if its interrupt came first), runs, and is
+//! unregistered. The transport then sends the reply, or none for
+//! `FORGET`.
+
+use crate::abi;
+use crate::decode::{DecodeError, Operation, Request};
+use crate::fs::{DirBuf, Filesystem, Req};
+use crate::notify::Notifier;
+use devlife_gate::CancelSource;
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
+
+/// How long an early interrupt is remembered: one whose request had in fact
+/// already finished is forgotten after this.
+const EARLY_INTERRUPT_TTL: Duration = Duration::from_secs(60);
+
+/// Lock shards of [`Inflight`]: requests served on different CPUs at once
+/// rarely share one, so registering them does not bounce one cache line.
+const SHARDS: usize = 16;
+
+/// Requests being handled, and interrupts that came before their request
+/// was registered.
+///
+/// The kernel sends one `FUSE_INTERRUPT` per interrupted request, and
+/// another thread may read it before the thread that took the request has
+/// registered it. Such an interrupt is remembered, and the request is
+/// cancelled as it registers (both under one lock), as libfuse does.
+pub(crate) struct Inflight {
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+#[derive(Default)]
+struct Shard {
+    running: HashMap<u64, Arc<CancelSource>>,
+    /// Interrupted uniques not (yet) running, with when the interrupt came.
+    early: HashMap<u64, Instant>,
+}
+
+impl Default for Inflight {
+    fn default() -> Self {
+        Inflight { shards: std::array::from_fn(|_| Mutex::default()) }
+    }
+}
+
+impl Inflight {
+    fn shard(&self, unique: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // Uniques advance by 2 (the low bit marks interrupts).
+        let i = (unique >> 1) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers request `unique`; its source is already cancelled if its
+    /// interrupt came first. With `probe`, the source also asks whether
+    /// the caller was interrupted before the handler first sleeps.
+    fn begin(&self, unique: u64, probe: Option<u32>) -> Arc<CancelSource> {
+        let src = Arc::new(match probe {
+            Some(tid) => CancelSource::with_probe(move || crate::ring::signal_pending(tid)),
+            None => CancelSource::new(),
+        });
+        let mut sh = self.shard(unique);
+        if sh.early.remove(&unique).is_some() {
+            src.cancel();
+        }
+        sh.running.insert(unique, src.clone());
+        src
+    }
+
+    fn end(&self, unique: u64) {
+        self.shard(unique).running.remove(&unique);
+    }
+
+    /// `FUSE_INTERRUPT` for request `unique`.
+    fn interrupt(&self, unique: u64) {
+        let target = {
+            let mut sh = self.shard(unique);
+            let target = sh.running.get(&unique).cloned();
+            if target.is_none() {
+                let now = Instant::now();
+                sh.early.retain(|_, t| now.duration_since(*t) < EARLY_INTERRUPT_TTL);
+                sh.early.insert(unique, now);
+            }
+            target
+        };
+        // Fired outside the lock: cancelling wakes the handler's waits.
+        if let Some(src) = target {
+            src.cancel();
+        }
+    }
+}
+
+/// Where a request's handling needs to reach.
+pub(crate) struct Context<'a, F> {
+    pub(crate) fs: &'a F,
+    pub(crate) notifier: &'a Notifier,
+    pub(crate) inflight: &'a Inflight,
+    pub(crate) max_write: u32,
+}
+
+/// Which transport a request came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Dev,
+    /// A ring entry: the kernel may have dropped its interrupt (see
+    /// [`ring::signal_pending`](crate::ring::signal_pending)).
+    Ring,
+}
+
+/// Handles one decoded request; the reply's body goes to `out`. Returns the
+/// reply's status, or `None` when the kernel expects no reply (`FORGET`,
+/// `INTERRUPT`).
+pub(crate) fn process<F: Filesystem>(
+    cx: &Context<'_, F>,
+    req: Request<'_>,
+    via: Via,
+    out: &mut Vec<u8>,
+) -> Option<Result<(), Errno>> {
+    out.clear();
+    let unique = req.header.unique;
+    if let Operation::Interrupt(i) = req.op {
+        // No reply: an interrupt is answered through its request.
+        cx.inflight.interrupt(i.unique);
+        return None;
+    }
+    let no_reply = req.op.no_reply();
+    let probe = (via == Via::Ring && req.header.pid != 0).then_some(req.header.pid);
+    let src = cx.inflight.begin(unique, probe);
+    let r = Req {
+        unique,
+        nodeid: req.header.nodeid,
+        uid: req.header.uid,
+        gid: req.header.gid,
+        pid: req.header.pid,
+        interrupt: &src,
+        notifier: cx.notifier,
+    };
+    let result = dispatch(cx.fs, &r, req.op, out, cx.max_write);
+    cx.inflight.end(unique);
+    (!no_reply).then_some(result)
+}
+
+/// The error a malformed request is answered with: `EIO` when its lengths
+/// disagree (the kernel and the server disagree on the protocol), `EINVAL`
+/// when its arguments are malformed.
+pub(crate) fn decode_errno(e: &DecodeError) -> Errno {
+    match e {
+        DecodeError::LengthMismatch { .. } | DecodeError::RingLength { .. } => Errno::IO,
+        _ => Errno::INVAL,
+    }
+}
+
+/// Runs one operation; the reply's payload goes to `out`.
+fn dispatch<F: Filesystem>(
+    fs: &F,
+    r: &Req<'_>,
+    op: Operation<'_>,
+    out: &mut Vec<u8>,
+    max_write: u32,
+) -> Result<(), Errno> {
+    out.clear();
+    let ino = r.nodeid;
+    let attr_out = |out: &mut Vec<u8>, (attr, ttl): (crate::fs::FileAttr, std::time::Duration)| {
+        let a = abi::AttrOut {
+            attr_valid: ttl.as_secs(),
+            attr_valid_nsec: ttl.subsec_nanos(),
+            dummy: 0,
+            attr: attr.abi(),
+        };
+        out.extend_from_slice(a.as_bytes());
+    };
+    match op {
+        Operation::Lookup { name } => {
+            let e = fs.lookup(r, ino, name)?;
+            let eo = abi::EntryOut {
+                nodeid: e.attr.ino,
+                generation: e.generation,
+                entry_valid: e.entry_ttl.as_secs(),
+                attr_valid: e.attr_ttl.as_secs(),
+                entry_valid_nsec: e.entry_ttl.subsec_nanos(),
+                attr_valid_nsec: e.attr_ttl.subsec_nanos(),
+                attr: e.attr.abi(),
+            };
+            out.extend_from_slice(eo.as_bytes());
+        }
+        Operation::Forget(f) => fs.forget(ino, f.nlookup),
+        Operation::BatchForget(list) => {
+            for f in list {
+                fs.forget(f.nodeid, f.nlookup);
+            }
+        }
+        Operation::Getattr(_) => attr_out(out, fs.getattr(r, ino)?),
+        Operation::Setattr(set) => attr_out(out, fs.setattr(r, ino, &set)?),
+        Operation::Readlink => *out = fs.readlink(r, ino)?,
+        Operation::Open(o) => {
+            let op = fs.open(r, ino, o.flags)?;
+            out.extend_from_slice(abi::OpenOut { fh: op.fh, open_flags: op.flags, padding: 0 }.as_bytes());
+        }
+        Operation::Read(rd) => fs.read(r, ino, rd.fh, rd.offset, rd.size.min(max_write), rd.flags, out)?,
+        Operation::Write { arg, data } => {
+            let n = fs.write(r, ino, arg.fh, arg.offset, data, arg.flags)?;
+            out.extend_from_slice(abi::WriteOut { size: n, padding: 0 }.as_bytes());
+        }
+        Operation::Flush(f) => fs.flush(r, ino, f.fh)?,
+        Operation::Release(rel) => fs.release(r, ino, rel.fh)?,
+        Operation::Opendir(o) => {
+            let op = fs.opendir(r, ino, o.flags)?;
+            out.extend_from_slice(abi::OpenOut { fh: op.fh, open_flags: op.flags, padding: 0 }.as_bytes());
+        }
+        Operation::Readdir { arg, plus } => {
+            let mut db = DirBuf { buf: out, max: arg.size.min(max_write) as usize, plus };
+            fs.readdir(r, ino, arg.fh, arg.offset, &mut db)?;
+        }
+        Operation::Releasedir(rel) => fs.releasedir(r, ino, rel.fh)?,
+        Operation::Ioctl { arg, data } => {
+            if arg.flags & abi::ioctl::UNRESTRICTED != 0 {
+                return Err(Errno::NOSYS);
+            }
+            let mut data_out = Vec::new();
+            let res = fs.ioctl(r, ino, arg.fh, arg.cmd, arg.arg, data, arg.out_size, &mut data_out)?;
+            if data_out.len() > arg.out_size as usize {
+                return Err(Errno::IO);
+            }
+            out.extend_from_slice(
+                abi::IoctlOut { result: res, flags: 0, in_iovs: 0, out_iovs: 0 }.as_bytes(),
+            );
+            out.extend_from_slice(&data_out);
+        }
+        Operation::Poll(p) => {
+            let kh = (p.flags & abi::POLL_SCHEDULE_NOTIFY != 0).then_some(p.kh);
+            let revents = fs.poll(r, ino, p.fh, kh, p.events)?;
+            out.extend_from_slice(abi::PollOut { revents, padding: 0 }.as_bytes());
+        }
+        Operation::Statfs => out.extend_from_slice(fs.statfs(r, ino)?.as_bytes()),
+        Operation::Access(a) => fs.access(r, ino, a.mask)?,
+        Operation::Destroy => fs.destroy(),
+        // INIT after the handshake is a protocol error.
+        Operation::Init { .. } => return Err(Errno::PROTO),
+        Operation::Interrupt(_) => return Err(Errno::INVAL),
+        Operation::Unsupported(_) => return Err(Errno::NOSYS),
+    }
+    Ok(())
+}
