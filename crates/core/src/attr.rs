@@ -75,8 +75,14 @@ fn create(
 ) -> Result<AttrRegistration> {
     crate::name::validate(&attr.name)?;
     let sys = dev.system().ok_or(Error::Detached)?;
-    let node: Arc<dyn NodeDyn> =
-        Node::new(attr.file, NodeKind::Attribute, attr.name.clone(), binding, sys.inner.stats.clone());
+    let node: Arc<dyn NodeDyn> = Node::new(
+        attr.file,
+        NodeKind::Attribute,
+        attr.name.clone(),
+        binding,
+        sys.inner.stats.clone(),
+        sys.inner.gated,
+    );
     {
         let mut attrs = lock(&dev.inner.attrs);
         if attrs.contains_key(&attr.name) {

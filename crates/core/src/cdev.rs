@@ -140,8 +140,14 @@ pub(crate) fn add<F: FileOperations>(
         crate::name::validate(c)?;
     }
     let (uid, gid) = dev.owner.unwrap_or_else(|| *lock(&sys.inner.default_owner));
-    let node: Arc<dyn NodeDyn> =
-        Node::new(cdev.ops, NodeKind::Cdev, dev.name.clone(), binding, sys.inner.stats.clone());
+    let node: Arc<dyn NodeDyn> = Node::new(
+        cdev.ops,
+        NodeKind::Cdev,
+        dev.name.clone(),
+        binding,
+        sys.inner.stats.clone(),
+        sys.inner.gated,
+    );
     {
         let mut reg = lock(&sys.inner.devnodes);
         if reg.by_name.contains_key(&dev.name) {

@@ -16,13 +16,27 @@
 //!
 //! After that, no driver code of the node runs again: a later close finds the
 //! node removed and calls nothing.
+//!
+//! # Ungated nodes
+//!
+//! A node of an ungated [`System`](crate::System) (made for measuring what
+//! the guarantee costs) runs handlers without entering its gate: an
+//! operation only checks, unsynchronised, that the node was not removed
+//! (as drivers check a `dev->alive` flag). Its removal refuses new opens
+//! and operations and wakes sleeping handlers, then returns at once, as
+//! Linux's `cdev_del` does: it does not wait for handlers still running,
+//! open files are released at their close, and the operations object
+//! lives until the node is dropped (every open file holds the node), so
+//! what it borrowed from the host outlives the binding. Each open file
+//! keeps its own gate, which orders its release after the operations
+//! running on it, as the kernel's file reference count does.
 
 use crate::device::Epoch;
 use crate::errno::{Errno, NodeKind};
 use crate::fops::{Caller, Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
 use crate::ioctl::IoctlCmd;
 use crate::stats::Stats;
-use devlife_gate::{Event, Revocable, Wake};
+use devlife_gate::{Event, Revocable, RevocableGuard, Wake};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +58,13 @@ pub(crate) struct Node<F: FileOperations> {
     /// removal requested from inside one of its own handlers, and a handler
     /// starting after its binding's removal returned.
     binding: Option<Arc<Epoch>>,
+    /// Whether handlers enter the gate and removal drains (see "Ungated
+    /// nodes").
+    ///
+    /// # Invariants
+    ///
+    /// When false, `ops` is never revoked: only dropped with the node.
+    gated: bool,
     files: Mutex<BTreeMap<u64, Arc<OpenState<F>>>>,
     stats: Arc<Stats>,
     removal: Mutex<Removal>,
@@ -86,12 +107,16 @@ impl<F: FileOperations> Node<F> {
         name: String,
         binding: Option<Arc<Epoch>>,
         stats: Arc<Stats>,
+        gated: bool,
     ) -> Arc<Self> {
         Arc::new(Node {
             ops: Revocable::new(ops),
             kind,
             name,
-            binding,
+            // An ungated node's handlers may run after its binding ended:
+            // that is the point of it, not a violation to count.
+            binding: if gated { binding } else { None },
+            gated,
             files: Mutex::new(BTreeMap::new()),
             stats,
             removal: Mutex::new(Removal::Live),
@@ -99,10 +124,29 @@ impl<F: FileOperations> Node<F> {
         })
     }
 
+    /// The operations, entering the gate if the node is gated: the guard
+    /// (if any) must be held while they are used.
+    #[inline]
+    fn enter(&self, after_removal: Errno) -> KResult<(&F, Option<RevocableGuard<'_, F>>)> {
+        if !self.gated {
+            if self.ops.is_revoked() {
+                return Err(after_removal);
+            }
+            // SAFETY: an ungated node's `ops` is never revoked (type
+            // invariants), so it lives as long as `self`.
+            return Ok((unsafe { self.ops.access() }, None));
+        }
+        let g = self.ops.try_access().ok_or(after_removal)?;
+        // SAFETY: the guard, returned alongside and held by the caller while
+        // it uses the reference, keeps the data from being revoked.
+        let ops = unsafe { self.ops.access() };
+        Ok((ops, Some(g)))
+    }
+
     fn open(self: &Arc<Self>, caller: &Caller<'_>) -> KResult<File> {
-        let ops = self.ops.try_access().ok_or(self.kind.open_after_removal())?;
+        let (ops, guard) = self.enter(self.kind.open_after_removal())?;
         let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
-        let cx = Ctx::new(*caller, self.kind, ops.guard().gate().cancel_source(), None);
+        let cx = Ctx::new(*caller, self.kind, self.ops.gate().cancel_source(), None);
         let private = self.catch("open", || ops.open(&cx))?;
         let state = Arc::new(OpenState {
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
@@ -113,7 +157,7 @@ impl<F: FileOperations> Node<F> {
         // drains first) is guaranteed to find this file.
         lock(&self.files).insert(state.id, state.clone());
         self.stats.opened();
-        drop(ops);
+        drop(guard);
         Ok(File { inner: Box::new(OpenFile { node: self.clone(), state }) })
     }
 
@@ -125,7 +169,7 @@ impl<F: FileOperations> Node<F> {
         what: &str,
         f: impl FnOnce(&F, &F::File, &Ctx<'_>) -> KResult<R>,
     ) -> KResult<R> {
-        let ops = self.ops.try_access().ok_or(self.kind.op_after_removal())?;
+        let (ops, _guard) = self.enter(self.kind.op_after_removal())?;
         // Released already: only a transport that releases a file while one
         // of its requests is still running can get here.
         let file = st.private.try_access().ok_or(Errno::EBADF)?;
@@ -133,10 +177,10 @@ impl<F: FileOperations> Node<F> {
         let cx = Ctx::new(
             *caller,
             self.kind,
-            ops.guard().gate().cancel_source(),
+            self.ops.gate().cancel_source(),
             Some(file.guard().gate().cancel_source()),
         );
-        self.catch(what, || f(&ops, &file, &cx))
+        self.catch(what, || f(ops, &file, &cx))
     }
 
     /// Runs a handler, turning a panic into `EIO` (the server and the device
@@ -172,9 +216,18 @@ impl<F: FileOperations> Node<F> {
 
     /// The last close of `st`.
     fn release(&self, st: &OpenState<F>) {
-        let Some(ops) = self.ops.try_access() else {
-            // Removed (or being removed): the rundown releases the file.
-            return;
+        let (ops, _guard) = if self.gated {
+            let Some(g) = self.ops.try_access() else {
+                // Removed (or being removed): the rundown releases the file.
+                return;
+            };
+            // SAFETY: `_guard` keeps the data from being revoked while
+            // `ops` is used.
+            (unsafe { self.ops.access() }, Some(g))
+        } else {
+            // SAFETY: an ungated node's `ops` is never revoked (type
+            // invariants); it is released at close even after a removal.
+            (unsafe { self.ops.access() }, None)
         };
         let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
         // Waits for requests still running on this file (a transport may
@@ -210,6 +263,12 @@ impl<F: FileOperations> Node<F> {
         };
         self.ops.gate().kill();
         self.wake_pollers();
+        if !self.gated {
+            // See "Ungated nodes": no drain, no rundown, and `ops` stays.
+            *lock(&self.removal) = Removal::Done;
+            self.removed.notify_all();
+            return Removed::Complete;
+        }
         if self.ops.gate().held_by_current_thread() {
             if first {
                 let me = self.clone();

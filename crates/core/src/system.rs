@@ -33,6 +33,9 @@ pub(crate) struct SystemInner {
     pub(crate) next_binding: AtomicU64,
     /// Every gated object, for counting handlers in flight.
     nodes: Mutex<Vec<Weak<dyn NodeDyn>>>,
+    /// Whether objects' handlers enter their gates and removals drain them
+    /// (see [`System::ungated`]).
+    pub(crate) gated: bool,
     /// Owner of device nodes whose driver sets none.
     pub(crate) default_owner: Mutex<(u32, u32)>,
     /// Observers of removals (the FUSE tree invalidates kernel caches).
@@ -120,6 +123,21 @@ impl Default for System {
 impl System {
     /// A new, empty driver core.
     pub fn new() -> Self {
+        Self::with_gates(true)
+    }
+
+    /// A driver core *without* the removal guarantee, for measuring what it
+    /// costs (`devlife bench fs`): handlers of its character devices,
+    /// debugfs files and attributes run without entering their gates, and
+    /// a removal returns without waiting for handlers still running; open
+    /// files are released at their close and driver data lives on until
+    /// then, as with Linux's `cdev_del`. Memory-safe, but none of the
+    /// guarantees of [`devm_cdev_device_add`](crate::devm_cdev_device_add).
+    pub fn ungated() -> Self {
+        Self::with_gates(false)
+    }
+
+    fn with_gates(gated: bool) -> Self {
         let stats = Arc::new(Stats::default());
         let inner = Arc::new_cyclic(|weak: &Weak<SystemInner>| SystemInner {
             buses: Mutex::new(BTreeMap::new()),
@@ -130,6 +148,7 @@ impl System {
             stats,
             next_binding: AtomicU64::new(1),
             nodes: Mutex::new(Vec::new()),
+            gated,
             default_owner: Mutex::new((0, 0)),
             hooks: Mutex::new(Vec::new()),
             _misc_region: Mutex::new(None),

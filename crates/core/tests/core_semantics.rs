@@ -288,3 +288,64 @@ fn debugfs_bool_and_blob() {
     let ro = root.create_u64("ro", 0o444, Arc::new(AtomicU64::new(1))).unwrap();
     assert_eq!(ro.node().unwrap().open(&C).unwrap().write(b"2", 0, &C), Err(Errno::EACCES));
 }
+
+/// A file whose ioctl spins until told to stop, reporting it is inside,
+/// and whose data and release are observable.
+struct Spinner {
+    data: Arc<AtomicU64>,
+    inside: Arc<AtomicBool>,
+    go: Arc<AtomicBool>,
+    released: Arc<AtomicU64>,
+}
+
+impl FileOperations for Spinner {
+    type File = ();
+    fn open(&self, _: &Ctx<'_>) -> KResult<()> {
+        Ok(())
+    }
+    fn ioctl(&self, _: &(), _: &Ctx<'_>, _: &mut Ioctl<'_>) -> KResult<i64> {
+        self.inside.store(true, Ordering::SeqCst);
+        while !self.go.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        Ok(self.data.load(Ordering::SeqCst) as i64)
+    }
+    fn release(&self, _: ()) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_ungated_system_removes_without_waiting() {
+    // What `System::ungated` trades away, pinned down: removal refuses new
+    // opens and calls but returns while a handler still runs, releases open
+    // files only at their close, and keeps the operations (and what they
+    // hold) alive until then. A gated system's removal would wait.
+    let sys = System::ungated();
+    let (inside, go, released) = (Arc::default(), Arc::<AtomicBool>::default(), Arc::<AtomicU64>::default());
+    let data = Arc::new(AtomicU64::new(7));
+    let ops = Spinner {
+        data: data.clone(),
+        inside: Arc::clone(&inside),
+        go: go.clone(),
+        released: released.clone(),
+    };
+    let dir = sys.debugfs().create_dir("u").unwrap();
+    dir.create_file("spin", 0o600, ops).unwrap();
+    let node = sys.debugfs().lookup("u/spin").unwrap().node().unwrap();
+    let f = Arc::new(node.open(&C).unwrap());
+    let (f2, cmd) = (f.clone(), IoctlCmd::from_raw(0));
+    let handler = thread::spawn(move || f2.ioctl(cmd, 0, &[], &mut Vec::new(), &C));
+    until(|| inside.load(Ordering::SeqCst));
+    dir.remove(); // returns with the handler still inside
+    assert!(!go.load(Ordering::SeqCst));
+    assert_eq!(node.open(&C).err(), Some(Errno::ENOENT), "no new opens");
+    assert_eq!(f.ioctl(cmd, 0, &[], &mut Vec::new(), &C), Err(Errno::EIO), "no new calls");
+    assert_eq!(released.load(Ordering::SeqCst), 0, "not released by the removal");
+    go.store(true, Ordering::SeqCst);
+    assert_eq!(handler.join().unwrap(), Ok(7), "the running handler finished with its data");
+    drop(f);
+    assert_eq!(released.load(Ordering::SeqCst), 1, "released once, at close");
+    drop(node);
+    assert_eq!(Arc::strong_count(&data), 1, "the operations went with the node");
+}

@@ -861,3 +861,17 @@ fn server_killed_while_clients_are_blocked() {
     assert_eq!(count(s2.open("dev/xyz0")), Ok(1));
     assert!(s2.stop().success());
 }
+
+#[test]
+fn bench_device_as_its_peers_serve_it() {
+    let Some(s) = Server::start(&[]) else { return };
+    s.write("sys/bus/sim/new_device", "bench bench0").unwrap();
+    let fd = s.open("dev/bench0");
+    assert_eq!(read(&fd, 4), Ok(b"dev\n".to_vec()));
+    assert_eq!(read(&fd, 2), Ok(b"de".to_vec()));
+    assert_eq!(read(&fd, 64), Ok(b"dev\n".to_vec()), "never more than 4 bytes, never blocking");
+    assert_eq!(rustix::io::write(&fd, &[7; 100]), Ok(100));
+    assert_eq!((count(&fd), count(&fd)), (Ok(1), Ok(2)));
+    s.write("sys/bus/sim/drivers/bench/unbind", "bench0").unwrap();
+    assert_eq!(read(&fd, 4), Err(Errno::NODEV));
+}

@@ -69,6 +69,20 @@ impl<T> Revocable<T> {
         Some(RevocableGuard { data, guard })
     }
 
+    /// The data, without entering the gate (Rust-for-Linux's `access`).
+    ///
+    /// # Safety
+    ///
+    /// The data must not be revoked while the returned reference lives: the
+    /// caller knows this `Revocable` is never revoked (only dropped), or
+    /// holds a guard of it.
+    pub unsafe fn access(&self) -> &T {
+        // SAFETY: the caller guarantees no revoke takes the data while the
+        // reference lives; until a revoke, the data is initialised (type
+        // invariants).
+        unsafe { &*self.data.get() }
+    }
+
     /// Runs `f` with the data, or returns `None` once revoked. The closure
     /// form cannot forget to drop the guard.
     pub fn try_access_with<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {

@@ -29,6 +29,10 @@ pub struct Opts {
     /// first (root), `off` for `/dev/fuse` only.
     #[arg(long, value_enum, default_value_t = IoUring::Auto)]
     pub io_uring: IoUring,
+    /// Serve a driver core without the removal guarantee
+    /// (`System::ungated`), for measuring what it costs.
+    #[arg(long)]
+    pub ungated: bool,
 }
 
 /// `--io-uring`.
@@ -63,12 +67,16 @@ fn default_dir() -> PathBuf {
     }
 }
 
-/// Builds the system served by default: bus `sim`, the xyz driver, `xyz0`
-/// and `xyz1`.
+/// Builds the system served by default: bus `sim`, the xyz and bench
+/// drivers, devices `xyz0` and `xyz1`.
 pub fn default_system(uid: u32, gid: u32) -> devlife_core::Result<System> {
-    let sys = System::new();
+    build_system(System::new(), uid, gid)
+}
+
+fn build_system(sys: System, uid: u32, gid: u32) -> devlife_core::Result<System> {
     sys.set_default_owner(uid, gid);
     devlife_drivers::xyz::register(&sys, None)?;
+    devlife_drivers::bench::register(&sys)?;
     let bus = sys.bus(tree::SIM_BUS).ok_or(devlife_core::Error::NoSuchBus(tree::SIM_BUS.into()))?;
     for d in ["xyz0", "xyz1"] {
         bus.add_device(d, "xyz")?;
@@ -143,7 +151,11 @@ fn serve(o: &Opts) -> Result<(), String> {
     }
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let sys = default_system(uid, gid).map_err(|e| format!("cannot set up the drivers: {e}"))?;
+    let sys = if o.ungated { System::ungated() } else { System::new() };
+    let sys = build_system(sys, uid, gid).map_err(|e| format!("cannot set up the drivers: {e}"))?;
+    if o.ungated {
+        eprintln!("devlife serve: ungated: removals do not wait for handlers (measurement only)");
+    }
 
     // Signals are taken by a thread of their own, set up before anything
     // else starts threads.

@@ -19,7 +19,7 @@ use devlife_core::{DevNode, DevT, Device, NodeRef, System};
 /// The bus that accepts `new_device` and `delete_device`.
 pub const SIM_BUS: &str = "sim";
 /// Device types `new_device` accepts on the sim bus.
-pub const SIM_TYPES: &[&str] = &["xyz"];
+pub const SIM_TYPES: &[&str] = &["xyz", "bench"];
 
 /// A control file (fields: the bus and driver it acts on).
 #[derive(Debug, Clone, PartialEq, Eq)]
