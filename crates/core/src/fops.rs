@@ -56,7 +56,13 @@ pub trait FileOperations: Send + Sync + Sized + 'static {
         PollMask::DEFAULT
     }
 
-    /// Called on every close of a descriptor (Linux `->flush`).
+    /// Whether [`flush`](Self::flush) is implemented. A transport may skip
+    /// the call on close when it is not (FUSE's `FOPEN_NOFLUSH`, one round
+    /// trip less per close). Set it to `true` when overriding `flush`.
+    const HAS_FLUSH: bool = false;
+
+    /// Called on every close of a descriptor (Linux `->flush`). Only called
+    /// by every transport if [`HAS_FLUSH`](Self::HAS_FLUSH) is `true`.
     fn flush(&self, _file: &Self::File, _cx: &Ctx<'_>) -> KResult<()> {
         Ok(())
     }

@@ -294,10 +294,14 @@ impl<F: FileOperations> Node<F> {
     fn finish_removal(&self) {
         // Drains: every handler has returned when this returns.
         let (_, ops) = self.ops.revoke_take();
-        let files = std::mem::take(&mut *lock(&self.files));
+        let files: Vec<_> = std::mem::take(&mut *lock(&self.files)).into_values().collect();
         if let Some(ops) = ops {
-            for st in files.into_values() {
-                if let (_, Some(private)) = st.private.revoke_take() {
+            // No handler runs now, but a transport may still be inside a
+            // file's own gate (a release waiting for an interrupted request);
+            // one heavy barrier kills all of them (linear in open files).
+            let privates = Revocable::revoke_take_many(files.iter().map(|st| &st.private));
+            for (st, private) in files.iter().zip(privates) {
+                if let Some(private) = private {
                     let _ = self.catch("release", || {
                         ops.release(private);
                         Ok(())
@@ -420,6 +424,7 @@ trait FileDyn: Send + Sync {
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64>;
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask;
     fn flush(&self, caller: &Caller<'_>) -> KResult<()>;
+    fn has_flush(&self) -> bool;
     fn release(&self);
     fn kind(&self) -> NodeKind;
 }
@@ -447,6 +452,9 @@ impl<F: FileOperations> FileDyn for OpenFile<F> {
     }
     fn flush(&self, caller: &Caller<'_>) -> KResult<()> {
         self.node.flush(&self.state, caller)
+    }
+    fn has_flush(&self) -> bool {
+        F::HAS_FLUSH
     }
     fn release(&self) {
         self.node.release(&self.state)
@@ -510,6 +518,13 @@ impl File {
     /// Called on every close of a descriptor of this file.
     pub fn flush(&self, caller: &Caller<'_>) -> KResult<()> {
         self.inner.flush(caller)
+    }
+
+    /// Whether the driver implements `flush`
+    /// ([`FileOperations::HAS_FLUSH`]); if not, [`flush`](Self::flush) does
+    /// nothing and a transport need not call it.
+    pub fn has_flush(&self) -> bool {
+        self.inner.has_flush()
     }
 
     /// Releases the file now (idempotent; dropping the handle does it too).

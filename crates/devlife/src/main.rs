@@ -4,6 +4,11 @@
 //! * `devlife torture [--seconds N] [--seed S] [--clients K] [--mount DIR]`.
 //! * `devlife bench gate [--quick] [--json]`: the gate against the usual
 //!   ways of counting in-flight operations.
+//! * `devlife bench fs [--quick] [--json]`: device-node operations, devlife
+//!   against libfuse and fuser servers.
+//! * `devlife bench unplug [--quick] [--json]`: removal with files open
+//!   and in use.
+//! * `devlife bench peers`: builds the peers `bench fs` compares with.
 
 use devlife::{bench, serve, torture};
 
@@ -43,6 +48,19 @@ enum BenchCmd {
     /// try_enter + drop against RwLock, atomic refcounts, Arc, epoch pinning;
     /// kill_and_drain latency.
     Gate(bench::Opts),
+    /// Device-node read, write, ioctl and open/close through real system
+    /// calls: devlife (with the gate and bypassed) against a libfuse and a
+    /// fuser server and /dev/zero.
+    Fs(bench::fs::FsOpts),
+    /// Unbind with 1 to 10,000 open files in use, a blocked reader, rebind;
+    /// a debugfs directory of 1,000 open files.
+    Unplug(bench::unplug::UnplugOpts),
+    /// Builds the libfuse and fuser peers of `bench fs` (it builds them on
+    /// demand too).
+    Peers,
+    /// One client process of `bench fs` (started by it).
+    #[command(hide = true)]
+    FsClient(bench::client::Opts),
 }
 
 /// Restarts the process with glibc's per-thread malloc caches switched
@@ -90,6 +108,24 @@ fn main() -> ExitCode {
         Cmd::Leaks(o) => return ExitCode::from(torture::leaks::run(&o) as u8),
         Cmd::TortureClient(o) => return ExitCode::from(torture::client::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
+        Cmd::Bench { which: BenchCmd::Fs(o) } => return ExitCode::from(bench::fs::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::Unplug(o) } => return ExitCode::from(bench::unplug::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::FsClient(o) } => return ExitCode::from(bench::client::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::Peers } => {
+            let root = bench::servers::repo_root();
+            for (name, built) in [
+                ("libfuse", bench::servers::build_libfuse(&root)),
+                ("fuser", bench::servers::build_fuser(&root)),
+            ] {
+                match built {
+                    Ok(p) => println!("{name}: {}", p.display()),
+                    Err(e) => {
+                        eprintln!("{name}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
     }
     ExitCode::SUCCESS
 }

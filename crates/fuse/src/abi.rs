@@ -75,6 +75,8 @@ pub mod fopen {
     pub const KEEP_CACHE: u32 = 1 << 1;
     pub const NONSEEKABLE: u32 = 1 << 2;
     pub const STREAM: u32 = 1 << 4;
+    pub const NOFLUSH: u32 = 1 << 5;
+    pub const PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
 }
 
 /// `fuse_setattr_in.valid`.

@@ -14,9 +14,22 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use zerocopy::IntoBytes;
 
 enum Note {
-    InvalEntry { parent: u64, name: Vec<u8> },
-    Delete { parent: u64, child: u64, name: Vec<u8> },
+    InvalEntry {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Delete {
+        parent: u64,
+        child: u64,
+        name: Vec<u8>,
+    },
+    /// Every note queued before it has been written: tell the sender.
+    Flush(Sender<()>),
 }
+
+/// How long [`Notifier::flush`] waits: a hang guard (a note waits for the
+/// kernel's directory lock, which a request the pool is serving may hold).
+const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends notifications to the kernel. Cheap to clone.
 #[derive(Clone)]
@@ -46,6 +59,14 @@ impl Notifier {
         let _ = self.tx.send(Note::Delete { parent, child, name: name.to_vec() });
     }
 
+    /// Waits until every note queued so far has reached the kernel (at most
+    /// a second), so a request that changed the tree can reply after the
+    /// kernel forgot the names it removed. Returns whether they all did.
+    pub fn flush(&self) -> bool {
+        let (tx, rx) = channel();
+        self.tx.send(Note::Flush(tx)).is_ok() && rx.recv_timeout(FLUSH_BOUND).is_ok()
+    }
+
     /// Wakes the kernel's pollers of poll handle `kh` (sent at once).
     pub fn poll_wakeup(&self, kh: u64) {
         let out = abi::NotifyPollWakeupOut { kh };
@@ -72,6 +93,10 @@ fn run(fd: &OwnedFd, rx: Receiver<Note>) {
                     padding: 0,
                 };
                 send(fd, 0, abi::notify::DELETE, &[h.as_bytes(), name, &[0]])
+            }
+            Note::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
             }
         };
         match r {

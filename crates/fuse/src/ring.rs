@@ -41,7 +41,11 @@
 //! write that is queued behind them). So a worker started to grow a queue,
 //! once registered, has the kicker thread send one `STATFS` from that CPU:
 //! the worker answering it commits, and with that fetches the waiting
-//! request.
+//! request. Each kick is sent by a short-lived thread of its own: a kick
+//! may itself arrive when every entry of its queue is taken and wait for
+//! the next one, and a single sending thread blocked in it would hold back
+//! the kick of that next entry (a deadlock the served-tree test with more
+//! blocked readers than workers ran into).
 //!
 //! # What stays on `/dev/fuse`
 //!
@@ -432,26 +436,33 @@ pub(crate) fn signal_pending(tid: u32) -> bool {
     }
 }
 
-/// Sends one `STATFS` from the CPU of each queue it is told about.
+/// For each queue it is told about, starts a thread that sends one
+/// `STATFS` from that queue's CPU (see "Kicks": never from this thread).
 fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], rx: Receiver<u16>) {
     let Some(dir) = s.config.mount_dir.clone() else {
         tracing::warn!("no mount directory: ring queues that grow are not kicked");
         return;
     };
-    let mut root: Option<OwnedFd> = None;
+    let mut root: Option<Arc<OwnedFd>> = None;
     for qid in rx {
         let Some(q) = queues.get(usize::from(qid)) else { continue };
-        pin(q);
         if root.is_none() {
             use rustix::fs::{Mode, OFlags};
             root = rustix::fs::open(&dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| tracing::warn!("kicker: cannot open {}: {e}", dir.display()))
-                .ok();
+                .ok()
+                .map(Arc::new);
         }
-        if let Some(fd) = &root {
+        let Some(fd) = root.clone() else { continue };
+        let (q, stats) = (q.clone(), s.stats.clone());
+        let sent = std::thread::Builder::new().name(format!("fuse-kick-{qid}")).spawn(move || {
+            pin(&q);
             // The answer does not matter, only that a reply is committed.
-            let _ = rustix::fs::fstatfs(fd);
-            s.stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+            let _ = rustix::fs::fstatfs(&*fd);
+            stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+        });
+        if let Err(e) = sent {
+            tracing::warn!("kicker: cannot start a kick: {e}");
         }
     }
 }

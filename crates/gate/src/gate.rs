@@ -222,6 +222,33 @@ impl Gate {
         first
     }
 
+    /// Kills every gate of `gates` with one heavy barrier for all of them:
+    /// when this returns, every `try_enter` on any of them fails, on every
+    /// thread, exactly as if [`kill`](Self::kill) had been called on each.
+    /// Returns how many of them this call killed first.
+    ///
+    /// `kill` costs one heavy barrier (an IPI to every CPU running a thread
+    /// of the process); a removal that runs down thousands of open files
+    /// pays it once here instead of once per file.
+    pub fn kill_many<'a, I>(gates: I) -> usize
+    where
+        I: IntoIterator<Item = &'a Gate>,
+        I::IntoIter: Clone,
+    {
+        let gates = gates.into_iter();
+        let mut first = 0;
+        for g in gates.clone() {
+            first += usize::from(g.state.fetch_or(DEAD, Ordering::SeqCst) & DEAD == 0);
+        }
+        // One barrier for every store above; pairs with the light barriers
+        // in `try_enter`/`leave_local` of each gate, as in `kill`.
+        barrier::heavy();
+        for g in gates {
+            g.cancel.cancel();
+        }
+        first
+    }
+
     /// Whether the gate has been killed.
     pub fn is_killed(&self) -> bool {
         self.state.load(Ordering::Acquire) & DEAD != 0

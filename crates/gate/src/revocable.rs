@@ -124,6 +124,29 @@ impl<T> Revocable<T> {
         }
     }
 
+    /// [`revoke_take`](Self::revoke_take) for many at once: kills every
+    /// gate with one heavy barrier ([`Gate::kill_many`]), then drains each
+    /// and takes its data. Returns, in order, the data of each that this
+    /// call took (`None` where another revoke took it, or where the calling
+    /// thread holds a guard of it).
+    pub fn revoke_take_many<'a, I>(items: I) -> Vec<Option<T>>
+    where
+        I: IntoIterator<Item = &'a Self>,
+        I::IntoIter: Clone,
+        T: 'a,
+    {
+        let items = items.into_iter();
+        Gate::kill_many(items.clone().map(|r| &r.gate));
+        items
+            .map(|r| match r.gate.drain() {
+                Ok(()) => r.take_drained(),
+                Err(DrainError::CallerInside) => None,
+                // Killed above, by this thread's returned kill.
+                Err(e) => unreachable!("drain after kill failed: {e}"),
+            })
+            .collect()
+    }
+
     fn take_drained(&self) -> Option<T> {
         if self.dropped.swap(true, Ordering::AcqRel) {
             return None;

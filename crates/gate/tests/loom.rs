@@ -52,6 +52,31 @@ fn kill_racing_enter_orders_handler_before_free() {
 }
 
 #[test]
+fn kill_many_orders_handlers_of_each_gate_before_free() {
+    model(|| {
+        let a = Arc::new(Protected { gate: Gate::new(), data: UnsafeCell::new(1) });
+        let b = Arc::new(Protected { gate: Gate::new(), data: UnsafeCell::new(1) });
+        let (a2, b2) = (a.clone(), b.clone());
+        let t = thread::spawn(move || {
+            for p in [&b2, &a2] {
+                if let Some(_g) = p.gate.try_enter() {
+                    // SAFETY (test): read inside the guard.
+                    let v = p.data.with(|d| unsafe { *d });
+                    assert_eq!(v, 1, "handler saw freed data");
+                }
+            }
+        });
+        assert_eq!(Gate::kill_many([&a.gate, &b.gate]), 2);
+        for p in [&a, &b] {
+            p.gate.drain().unwrap();
+            // SAFETY (test): "free" after the drain.
+            p.data.with_mut(|d| unsafe { *d = 0 });
+        }
+        t.join().unwrap();
+    });
+}
+
+#[test]
 fn no_entry_after_kill_returns() {
     model(|| {
         let gate = Arc::new(Gate::new());

@@ -232,6 +232,54 @@ fn revoke_take_hands_over_exactly_once() {
 }
 
 #[test]
+fn revoke_take_many_waits_for_users_of_each_and_takes_once() {
+    for _ in 0..ROUNDS / 4 {
+        let items: Arc<Vec<Revocable<Box<u32>>>> =
+            Arc::new((0..64).map(|i| Revocable::new(Box::new(i))).collect());
+        let start = Arc::new(Barrier::new(3));
+        let users: Vec<_> = (0..2)
+            .map(|_| {
+                let (items, start) = (items.clone(), start.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    // Until every item is revoked, read whichever still lets us.
+                    loop {
+                        let mut any = false;
+                        for (i, r) in items.iter().enumerate() {
+                            if let Some(g) = r.try_access() {
+                                assert_eq!(**g as usize, i, "user saw data that was taken");
+                                any = true;
+                            }
+                        }
+                        if !any {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let racer = {
+            let items = items.clone();
+            thread::spawn(move || items[7].revoke_take().1)
+        };
+        let taken = Revocable::revoke_take_many(items.iter());
+        let raced = racer.join().unwrap();
+        assert!(items.iter().all(Revocable::is_revoked));
+        for (i, t) in taken.iter().enumerate() {
+            if i == 7 {
+                assert!(t.is_some() != raced.is_some(), "item 7 taken exactly once");
+            } else {
+                assert_eq!(t.as_deref(), Some(&(i as u32)));
+            }
+        }
+        for u in users {
+            u.join().unwrap();
+        }
+    }
+}
+
+#[test]
 fn kill_wakes_sleepers_and_interrupt_wakes_one() {
     let gate = Arc::new(Gate::new());
     let wq = Arc::new(WaitQueue::new());

@@ -1,7 +1,13 @@
 //! Benchmarks: each measures what its name says, on this machine, and
 //! prints a table or (`--json`) one JSON object per line.
 
+pub mod client;
+pub mod fs;
 pub mod gate;
+pub mod hist;
+pub mod plot;
+pub mod servers;
+pub mod unplug;
 
 use std::fmt::Write;
 

@@ -21,9 +21,20 @@ const S_IFLNK: u32 = 0o120000;
 const O_NONBLOCK: u32 = 0o4000;
 
 /// How long the kernel may cache names and attributes of the fixed
-/// structure (`dev`, `sys`, ...); everything that can disappear is served
-/// with no caching, and removals are also notified.
-const FIXED_TTL: Duration = Duration::from_secs(1);
+/// structure (`dev`, `sys`, ...) and of device nodes; everything else is
+/// served with no caching.
+///
+/// A device node's name is cached because opening it is the hot path
+/// (`open` then costs one request, not a `LOOKUP` too). Its removal stays
+/// visible at once: removals invalidate the kernel's names
+/// ([`Notifier::inval_entry`]), and a control write returns only after
+/// those reached the kernel ([`Notifier::flush`]). A name still cached in
+/// the instant between a removal and its invalidation reaching the kernel
+/// (a removal not made by a control write, such as a device unbinding
+/// itself) answers `ENOENT`, as a name removed between lookup and open
+/// does: never the old object, and never `ESTALE`, which the VFS retries
+/// only once and would then hand to the caller.
+const TTL: Duration = Duration::from_secs(1);
 
 /// An open file of the tree.
 enum Handle {
@@ -134,9 +145,10 @@ impl ServeFs {
     }
 
     fn resolve_ino(&self, ino: u64) -> Result<(String, Obj), Errno> {
+        // Gone, or the path now names another object: this inode's object
+        // is gone (see `TTL`).
         let (path, id) = self.inodes.get(ino).ok_or(Errno::NOENT)?;
         let obj = tree::resolve(&self.sys, &split(&path)).ok_or(Errno::NOENT)?;
-        // The path now names another object: this inode's object is gone.
         if obj.id() != id {
             return Err(Errno::NOENT);
         }
@@ -146,9 +158,9 @@ impl ServeFs {
     fn attr(&self, ino: u64, obj: &Obj) -> (FileAttr, Duration) {
         let (mode, uid, gid, size, ttl) = match obj {
             Obj::Dir { id, mode } => {
-                (S_IFDIR | mode, self.uid, self.gid, 0, if *id == 0 { FIXED_TTL } else { Duration::ZERO })
+                (S_IFDIR | mode, self.uid, self.gid, 0, if *id == 0 { TTL } else { Duration::ZERO })
             }
-            Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, 0, Duration::ZERO),
+            Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, 0, TTL),
             Obj::Attr { mode, .. } => (S_IFREG | mode, self.uid, self.gid, 4096, Duration::ZERO),
             Obj::Debug(d) => (S_IFREG | d.mode(), self.uid, self.gid, 0, Duration::ZERO),
             Obj::Text(t) => (S_IFREG | 0o444, self.uid, self.gid, t.len() as u64, Duration::ZERO),
@@ -253,8 +265,14 @@ impl Filesystem for ServeFs {
         let (_, obj) = self.resolve_ino(ino)?;
         let caller = Self::caller(req, flags);
         let (h, oflags) = match obj {
+            // A stream: no file position, so threads sharing a descriptor
+            // do not serialise on it, and writes run in parallel (the
+            // kernel takes no inode lock for them).
             Obj::DevNode(n) => {
-                (Handle::File(n.node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO | fopen::NONSEEKABLE)
+                let f = n.node.open(&caller).map_err(kerr)?;
+                let flags =
+                    fopen::DIRECT_IO | fopen::NONSEEKABLE | fopen::STREAM | fopen::PARALLEL_DIRECT_WRITES;
+                (Handle::File(f), flags)
             }
             Obj::Attr { node, .. } => (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO),
             Obj::Debug(d) => {
@@ -265,6 +283,11 @@ impl Filesystem for ServeFs {
             Obj::Control(c) => (Handle::Control(c), fopen::DIRECT_IO),
             Obj::Dir { .. } => return Err(Errno::ISDIR),
             Obj::Symlink(_) => return Err(Errno::LOOP),
+        };
+        // No FLUSH on close where the driver has no `flush`.
+        let oflags = match &h {
+            Handle::File(f) if f.has_flush() => oflags,
+            _ => oflags | fopen::NOFLUSH,
         };
         Ok(Opened { fh: self.add_handle(h), flags: oflags })
     }
@@ -311,6 +334,8 @@ impl Filesystem for ServeFs {
             Handle::Text(_) => Err(Errno::ACCESS),
             Handle::Control(c) => {
                 control::write(&self.sys, c, data).map_err(kerr)?;
+                // The names this write removed are forgotten before it returns.
+                req.notifier.flush();
                 Ok(data.len() as u32)
             }
         }

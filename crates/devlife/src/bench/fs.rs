@@ -1,0 +1,282 @@
+//! `devlife bench fs`: device-node operations through real system calls,
+//! devlife against its peers (see [`servers`](super::servers)).
+//!
+//! For each operation (4-byte `read`, 4-byte `write`, `XYZ_IOC_COUNT`,
+//! `open`+`close`), each client configuration (1, 2 and 4 threads in one
+//! process; 2 processes of one thread) and each contender, client
+//! processes ([`client`](super::client)) run the operation for a fixed
+//! interval, timing every call. Repetitions are interleaved (every
+//! contender once, then again) so drift in the machine hits all alike;
+//! ops/s is the median over repetitions, latencies come from the merged
+//! histograms.
+
+use super::client::Op;
+use super::hist::Hist;
+use super::servers::{Contender, Server, repo_root};
+use super::{Row, V, machine};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Options of `devlife bench fs`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FsOpts {
+    /// --quick, --json.
+    #[command(flatten)]
+    pub common: super::Opts,
+    /// Repetitions of every measurement (default 5, or 1 with --quick).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Measured interval of one measurement, in milliseconds (default
+    /// 1000, or 150 with --quick).
+    #[arg(long)]
+    pub ms: Option<u64>,
+    /// Write the latency plot (fs-latency.svg) into this directory.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
+    /// Only these contenders (comma-separated names; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// Client configurations: (threads per process, processes).
+pub const CLIENTS: [(usize, usize); 4] = [(1, 1), (2, 1), (4, 1), (1, 2)];
+
+/// One measurement's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// Index into [`Contender::ALL`].
+    pub who: usize,
+    /// Index into [`Op::ALL`].
+    pub op: usize,
+    /// Index into [`CLIENTS`].
+    pub clients: usize,
+}
+
+/// What the repetitions of one measurement gave.
+#[derive(Default)]
+pub struct Result {
+    /// ops/s of each repetition.
+    pub rates: Vec<f64>,
+    /// Every repetition's latencies.
+    pub hist: Hist,
+}
+
+impl Result {
+    /// The median rate.
+    pub fn ops_per_s(&self) -> f64 {
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        super::percentile(&r, 50.0)
+    }
+
+    fn us(&self, p: f64) -> f64 {
+        self.hist.percentile(p) as f64 / 1000.0
+    }
+}
+
+/// Runs one measurement: `procs` client processes of `threads` threads.
+fn measure(
+    exe: &Path,
+    file: &Path,
+    op: Op,
+    (threads, procs): (usize, usize),
+    warmup_ms: u64,
+    ms: u64,
+) -> std::result::Result<(f64, Hist), String> {
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        let child = Command::new(exe)
+            .args(["bench", "fs-client", "--op", op.name(), "--threads"])
+            .arg(threads.to_string())
+            .arg("--warmup-ms")
+            .arg(warmup_ms.to_string())
+            .arg("--ms")
+            .arg(ms.to_string())
+            .arg("--path")
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("client: {e}"))?;
+        children.push(child);
+    }
+    let mut outs = Vec::new();
+    for c in &mut children {
+        let mut r = BufReader::new(c.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            return Err(format!("client: {}", line.trim()));
+        }
+        outs.push(r);
+    }
+    // Every client is ready: start them together.
+    for c in &mut children {
+        let _ = c.stdin.as_mut().map(|i| i.write_all(b"go\n"));
+    }
+    let (mut ops, mut hist) = (0u64, Hist::default());
+    for (c, r) in children.iter_mut().zip(&mut outs) {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let _ = c.wait();
+        let field = |k: &str| line.split_whitespace().find_map(|f| f.strip_prefix(k));
+        let n: u64 =
+            field("ops=").and_then(|v| v.parse().ok()).ok_or_else(|| format!("client: {}", line.trim()))?;
+        let h = field("hist=").and_then(Hist::decode).ok_or_else(|| format!("client: {}", line.trim()))?;
+        ops += n;
+        hist.merge(&h);
+    }
+    Ok((ops as f64 / (ms as f64 / 1000.0), hist))
+}
+
+/// Whether `who` serves `op`.
+fn serves(who: Contender, op: Op) -> bool {
+    !(who == Contender::DevZero && op == Op::Ioctl)
+}
+
+/// Runs the benchmark; prints a table or JSON rows.
+pub fn run(o: &FsOpts) -> i32 {
+    let quick = o.common.quick;
+    let reps = o.reps.unwrap_or(if quick { 1 } else { 5 }).max(1);
+    let ms = o.ms.unwrap_or(if quick { 150 } else { 1000 }).max(10);
+    let warmup_ms = if quick { 30 } else { 200 };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("bench fs: {e}");
+            return 1;
+        }
+    };
+    let root = repo_root();
+    let base = std::env::temp_dir().join(format!("devlife-bench-{}", std::process::id()));
+    let wanted = |c: Contender| o.only.is_empty() || o.only.iter().any(|n| n == c.name());
+
+    // Start every contender first (and build the peers): a peer that cannot
+    // be built or started is reported and left out, not a failure.
+    let mut servers: Vec<(usize, Server)> = Vec::new();
+    for (i, who) in Contender::ALL.into_iter().enumerate().filter(|(_, c)| wanted(*c)) {
+        match Server::start(who, &base, &exe, &root) {
+            Ok(s) => servers.push((i, s)),
+            Err(e) => eprintln!("bench fs: {} left out: {e}", who.name()),
+        }
+    }
+    let mut results: BTreeMap<Key, Result> = BTreeMap::new();
+    let mut failed = false;
+    for _ in 0..reps {
+        for (oi, op) in Op::ALL.into_iter().enumerate() {
+            for (ci, clients) in CLIENTS.into_iter().enumerate() {
+                for (wi, s) in &servers {
+                    if !serves(s.who, op) {
+                        continue;
+                    }
+                    match measure(&exe, &s.file, op, clients, warmup_ms, ms) {
+                        Ok((rate, h)) => {
+                            let r = results.entry(Key { who: *wi, op: oi, clients: ci }).or_default();
+                            r.rates.push(rate);
+                            r.hist.merge(&h);
+                        }
+                        Err(e) => {
+                            eprintln!("bench fs: {} {}: {e}", s.who.name(), op.name());
+                            failed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir(&base);
+
+    if o.common.json {
+        for (k, r) in &results {
+            let (threads, procs) = CLIENTS[k.clients];
+            println!("{}", row(k, r, threads * procs, procs, reps).json());
+        }
+    } else {
+        print_tables(&results, reps, ms);
+    }
+    if let Some(dir) = &o.plot_dir {
+        match super::plot::fs_latency(dir, &results) {
+            Ok(p) => eprintln!("bench fs: wrote {}", p.display()),
+            Err(e) => {
+                eprintln!("bench fs: plot: {e}");
+                failed = true;
+            }
+        }
+    }
+    i32::from(failed)
+}
+
+fn row(k: &Key, r: &Result, threads: usize, procs: usize, reps: usize) -> Row {
+    Row(vec![
+        ("bench", V::S("fs".into())),
+        ("contender", V::S(Contender::ALL[k.who].name().into())),
+        ("op", V::S(Op::ALL[k.op].name().into())),
+        ("threads", V::I(threads as u64)),
+        ("procs", V::I(procs as u64)),
+        ("ops_per_s", V::F(r.ops_per_s())),
+        ("p50_us", V::F(r.us(50.0))),
+        ("p99_us", V::F(r.us(99.0))),
+        ("reps", V::I(reps as u64)),
+    ])
+}
+
+fn clients_label((threads, procs): (usize, usize)) -> String {
+    if procs == 1 { format!("{threads} thr") } else { format!("{procs} procs") }
+}
+
+fn print_tables(results: &BTreeMap<Key, Result>, reps: usize, ms: u64) {
+    println!("devlife bench fs: {}; {reps} rep(s) of {ms} ms per cell", machine());
+    println!("cells: ops/s (p50 / p99 latency, µs)");
+    for (oi, op) in Op::ALL.into_iter().enumerate() {
+        println!("\n{}", op.name());
+        print!("{:<16}", "contender");
+        for c in CLIENTS {
+            print!(" | {:>27}", clients_label(c));
+        }
+        println!();
+        for (wi, who) in Contender::ALL.into_iter().enumerate() {
+            let cells: Vec<_> =
+                (0..CLIENTS.len()).map(|ci| results.get(&Key { who: wi, op: oi, clients: ci })).collect();
+            if cells.iter().all(Option::is_none) {
+                continue;
+            }
+            print!("{:<16}", who.name());
+            for c in cells {
+                match c {
+                    Some(r) => {
+                        print!(" | {:>9.0} ({:>6.1} / {:>6.1})", r.ops_per_s(), r.us(50.0), r.us(99.0))
+                    }
+                    None => print!(" | {:>27}", "-"),
+                }
+            }
+            println!();
+        }
+        // The targets: devlife against the best peer, and the gate's cost.
+        for (ci, c) in CLIENTS.into_iter().enumerate() {
+            let get = |who: Contender| {
+                let wi = Contender::ALL.iter().position(|w| *w == who)?;
+                results.get(&Key { who: wi, op: oi, clients: ci })
+            };
+            let best = Contender::ALL
+                .into_iter()
+                .filter(|w| w.is_peer())
+                .filter_map(|w| get(w).map(|r| (w, r)))
+                .max_by(|a, b| a.1.ops_per_s().total_cmp(&b.1.ops_per_s()));
+            let (Some(d), Some((bw, b))) = (get(Contender::Devlife), best) else { continue };
+            let gate = get(Contender::DevlifeUngated)
+                .map(|u| format!(", gate cost {:+.1}%", (u.ops_per_s() / d.ops_per_s() - 1.0) * 100.0))
+                .unwrap_or_default();
+            println!(
+                "  {}: devlife/{} = {:.2}x ops/s, p99 {:.1} vs {:.1} µs{gate}",
+                clients_label(c),
+                bw.name(),
+                d.ops_per_s() / b.ops_per_s(),
+                d.us(99.0),
+                b.us(99.0)
+            );
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The contenders of `devlife bench fs`: devlife's served tree (with the
+//! gate, and bypassed), the libfuse and fuser peers under `bench/peers/`
+//! (built here on demand), and the kernel's `/dev/zero` as the floor.
+//!
+//! Each FUSE contender runs as its own process on its own mount and serves
+//! one file with the same behaviour (see `bench/peers/*` and the `bench`
+//! driver); [`Server`] starts one, names the file, and stops it on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One contender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// `devlife serve`, the `bench` device's node.
+    Devlife,
+    /// `devlife serve --ungated`: the same, with the gate bypassed.
+    DevlifeUngated,
+    /// The libfuse3 low-level peer on libfuse's multi-threaded loop.
+    Libfuse,
+    /// The fuser 0.18 peer.
+    Fuser,
+    /// The kernel's `/dev/zero` (no ioctl): the floor.
+    DevZero,
+}
+
+impl Contender {
+    /// Every contender, in table order.
+    pub const ALL: [Contender; 5] = [
+        Contender::Devlife,
+        Contender::DevlifeUngated,
+        Contender::Libfuse,
+        Contender::Fuser,
+        Contender::DevZero,
+    ];
+
+    /// The name in tables and JSON rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Devlife => "devlife",
+            Contender::DevlifeUngated => "devlife-ungated",
+            Contender::Libfuse => "libfuse",
+            Contender::Fuser => "fuser",
+            Contender::DevZero => "/dev/zero",
+        }
+    }
+
+    /// Whether this is one of the peers devlife is compared with.
+    pub fn is_peer(self) -> bool {
+        matches!(self, Contender::Libfuse | Contender::Fuser)
+    }
+}
+
+/// The repository (where `bench/peers/` is): the source tree this binary
+/// was built from, else the current directory.
+pub fn repo_root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if built.join("bench/peers").is_dir() { built } else { PathBuf::from(".") }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Builds the libfuse peer (`cc`, `pkg-config fuse3`) unless up to date.
+pub fn build_libfuse(root: &Path) -> Result<PathBuf, String> {
+    let src = root.join("bench/peers/libfuse/peer.c");
+    let dir = root.join("target/bench-peers");
+    let out = dir.join("libfuse-peer");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if matches!((mtime(&out), mtime(&src)), (Some(o), Some(s)) if o >= s) {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "fuse3"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .ok_or("pkg-config fuse3 failed (Debian: apt-get install libfuse3-dev pkg-config)")?;
+    let flags = String::from_utf8_lossy(&flags.stdout).into_owned();
+    run(Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).args(flags.split_whitespace()))?;
+    Ok(out)
+}
+
+/// Builds the fuser peer with cargo (its own workspace and lock file).
+pub fn build_fuser(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target/bench-peers/fuser");
+    run(Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--locked", "-q", "--manifest-path"])
+        .arg(root.join("bench/peers/fuser/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&dir))?;
+    Ok(dir.join("release/fuser-peer"))
+}
+
+/// A running contender.
+pub struct Server {
+    /// Which.
+    pub who: Contender,
+    /// The file the clients use.
+    pub file: PathBuf,
+    mount: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+/// Starts `cmd` and waits for its `ready` line.
+fn spawn_ready(cmd: &mut Command) -> Result<Child, String> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut line = String::new();
+    let out = child.stdout.take().ok_or("no stdout")?;
+    BufReader::new(out).read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.starts_with("ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{cmd:?} did not become ready: {line:?}"));
+    }
+    Ok(child)
+}
+
+impl Server {
+    /// Starts `who` on a fresh mount under `base` (built peers in `peers`).
+    pub fn start(who: Contender, base: &Path, exe: &Path, root: &Path) -> Result<Server, String> {
+        if who == Contender::DevZero {
+            return Ok(Server { who, file: "/dev/zero".into(), mount: None, child: None });
+        }
+        let mount = base.join(who.name());
+        std::fs::create_dir_all(&mount).map_err(|e| format!("{}: {e}", mount.display()))?;
+        let mut s = Server { who, file: PathBuf::new(), mount: Some(mount.clone()), child: None };
+        match who {
+            Contender::Devlife | Contender::DevlifeUngated => {
+                let mut cmd = Command::new(exe);
+                cmd.arg("serve").arg("--mount").arg(&mount);
+                if who == Contender::DevlifeUngated {
+                    cmd.arg("--ungated");
+                }
+                s.child = Some(spawn_ready(&mut cmd)?);
+                std::fs::write(mount.join("sys/bus/sim/new_device"), "bench bench0")
+                    .map_err(|e| format!("new_device: {e}"))?;
+                s.file = mount.join("dev/bench0");
+            }
+            Contender::Libfuse => {
+                let peer = build_libfuse(root)?;
+                s.child = Some(spawn_ready(Command::new(peer).arg(&mount).args(["-o", "clone_fd"]))?);
+                s.file = mount.join("bench");
+            }
+            Contender::Fuser => {
+                let peer = build_fuser(root)?;
+                s.child = Some(spawn_ready(Command::new(peer).arg(&mount).arg("2"))?);
+                s.file = mount.join("bench");
+            }
+            Contender::DevZero => unreachable!("handled above"),
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(p) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(m) = self.mount.take() {
+            // A server that died without unmounting leaves its mount.
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&m).stderr(Stdio::null()).status();
+            let _ = std::fs::remove_dir(&m);
+        }
+    }
+}
