@@ -150,7 +150,11 @@ impl<F: FileOperations> Node<F> {
         let private = self.catch("open", || ops.open(&cx))?;
         let state = Arc::new(OpenState {
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
-            private: Revocable::new(private),
+            // Revoked at every close: a shared counter (no per-thread slot to
+            // allocate, scan and free), no IPI on revoke. Never revoked from
+            // inside its own guard: the release and the rundown run outside
+            // every handler of the file.
+            private: Revocable::new_shared(private),
             poller: Mutex::new(None),
         });
         // Inserted while still inside the gate: a removal's rundown (which

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 /// `state` bit: the gate was killed.
 const DEAD: u32 = 1;
-/// `state` bit, constant for the gate's life: the process has no asymmetric
-/// barrier, so enter and exit must issue a full fence before trusting their
-/// load of `state`. Kept in `state` so that the fast path tests one word:
-/// any set bit sends it to the slow path.
+/// `state` bit, constant for the gate's life: enter and exit issue a full
+/// fence before trusting their load of `state`, and `kill` only a fence of
+/// its own, no heavy barrier. Set where the process has no asymmetric
+/// barrier, and on gates made with [`Gate::new_shared`] (whose enters and
+/// exits always fence). Kept in `state` so
+/// that the fast path tests one word: any set bit sends it to the slow path.
 const FENCE: u32 = 2;
 
 /// A killable in-flight-operation counter.
@@ -91,6 +93,31 @@ impl Gate {
         Self {
             state: AtomicU32::new(fence),
             index: registry::alloc_index().unwrap_or(usize::MAX),
+            shared: Padded(Slot::new()),
+            drain_lock: Mutex::new(()),
+            drained: Condvar::new(),
+            cancel: CancelSource::new(),
+        }
+    }
+
+    /// A gate counted in one shared counter, with symmetric fences: cheap
+    /// to make and to kill, dearer to enter. For gates killed about as
+    /// often as they are entered, by few threads at once, such as the gate
+    /// of one open file, killed at its close.
+    ///
+    /// A [`new`](Self::new) gate takes a slot in every thread's record
+    /// (allocated and freed with the gate, scanned by every drain) and is
+    /// killed with a `membarrier` (an IPI to every CPU running a thread of
+    /// the process); this one is entered and left with an atomic add and a
+    /// `fence(SeqCst)` on a cache line its users share, and killed with one
+    /// fence. The guarantees are the same, except that a drain cannot tell
+    /// that its caller is inside (no [`DrainError::CallerInside`]: it would
+    /// wait for itself), so it must not be drained from inside.
+    pub fn new_shared() -> Self {
+        barrier::init();
+        Self {
+            state: AtomicU32::new(FENCE),
+            index: usize::MAX,
             shared: Padded(Slot::new()),
             drain_lock: Mutex::new(()),
             drained: Condvar::new(),
@@ -213,11 +240,17 @@ impl Gate {
     /// inside one of this gate's own handlers.
     #[doc(alias = "percpu_ref_kill")]
     pub fn kill(&self) -> bool {
-        let first = self.state.fetch_or(DEAD, Ordering::SeqCst) & DEAD == 0;
-        // Pairs with the light barriers in `try_enter`/`leave_local`: after
-        // this, every thread either sees DEAD or has its slot writes visible
-        // to our reads below and in `drain`.
-        barrier::heavy();
+        let old = self.state.fetch_or(DEAD, Ordering::SeqCst);
+        let first = old & DEAD == 0;
+        // Pairs with the light barriers in `try_enter`/`leave_local` (with
+        // the full fences of their slow path in FENCE mode): after this,
+        // every thread either sees DEAD or has its slot writes visible to
+        // our reads below and in `drain`.
+        if old & FENCE != 0 {
+            crate::primitive::fence(Ordering::SeqCst);
+        } else {
+            barrier::heavy();
+        }
         self.cancel.cancel();
         first
     }
@@ -236,13 +269,20 @@ impl Gate {
         I::IntoIter: Clone,
     {
         let gates = gates.into_iter();
-        let mut first = 0;
+        let (mut first, mut fences_only) = (0, true);
         for g in gates.clone() {
-            first += usize::from(g.state.fetch_or(DEAD, Ordering::SeqCst) & DEAD == 0);
+            let old = g.state.fetch_or(DEAD, Ordering::SeqCst);
+            first += usize::from(old & DEAD == 0);
+            fences_only &= old & FENCE != 0;
         }
         // One barrier for every store above; pairs with the light barriers
-        // in `try_enter`/`leave_local` of each gate, as in `kill`.
-        barrier::heavy();
+        // in `try_enter`/`leave_local` of each gate (and their fences in
+        // FENCE mode), as in `kill`.
+        if fences_only {
+            crate::primitive::fence(Ordering::SeqCst);
+        } else {
+            barrier::heavy();
+        }
         for g in gates {
             g.cancel.cancel();
         }

@@ -23,8 +23,17 @@ fn until(mut f: impl FnMut() -> bool) {
 
 #[test]
 fn no_handler_sees_freed_data_under_kill_races() {
+    kill_races(Gate::new);
+}
+
+#[test]
+fn no_handler_sees_freed_data_under_kill_races_on_a_shared_gate() {
+    kill_races(Gate::new_shared);
+}
+
+fn kill_races(new: fn() -> Gate) {
     for _ in 0..ROUNDS {
-        let gate = Arc::new(Gate::new());
+        let gate = Arc::new(new());
         let freed = Arc::new(AtomicBool::new(false));
         let start = Arc::new(Barrier::new(5));
         let threads: Vec<_> = (0..4)
