@@ -57,7 +57,11 @@ impl Contender {
 /// was built from, else the current directory.
 pub fn repo_root() -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    if built.join("bench/peers").is_dir() { built } else { PathBuf::from(".") }
+    if built.join("bench/peers").is_dir() {
+        built.canonicalize().unwrap_or(built)
+    } else {
+        PathBuf::from(".")
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

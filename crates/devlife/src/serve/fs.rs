@@ -43,11 +43,34 @@ enum Handle {
     Control(tree::Control),
 }
 
+/// Open handles by `fh`, in shards: every request on an open file looks its
+/// handle up, and with one lock the CPUs serving different files would
+/// pass its cache line back and forth on every request. Consecutive `fh`s
+/// land in different shards.
+struct Handles([Shard; 16]);
+
+/// One shard, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<HashMap<u64, Arc<Handle>>>);
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles(std::array::from_fn(|_| Shard::default()))
+    }
+}
+
+impl Handles {
+    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
+        self.0[(fh % 16) as usize].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The served tree.
 pub struct ServeFs {
     sys: System,
     inodes: Arc<Inodes>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Handles,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -128,7 +151,7 @@ impl ServeFs {
         ServeFs {
             sys,
             inodes,
-            handles: Mutex::default(),
+            handles: Handles::default(),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
@@ -191,12 +214,12 @@ impl ServeFs {
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::BADF)
+        self.handles.shard(fh).get(&fh).cloned().ok_or(Errno::BADF)
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
+        self.handles.shard(fh).insert(fh, Arc::new(h));
         fh
     }
 }
@@ -349,7 +372,7 @@ impl Filesystem for ServeFs {
     }
 
     fn release(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
-        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        let h = self.handles.shard(fh).remove(&fh);
         if let Some(h) = h {
             if let Handle::File(f) = &*h {
                 // Releases now, even if an interrupted request on this file
