@@ -17,7 +17,6 @@
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,8 +184,7 @@ int main(int argc, char *argv[])
 	cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd);
 	fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
-	if (opts.max_threads != UINT_MAX) /* else libfuse's default */
-		fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+	fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
 	ret = fuse_session_loop_mt(se, cfg);
 	fuse_loop_cfg_destroy(cfg);
 	fuse_session_unmount(se);

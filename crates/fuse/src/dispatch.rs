@@ -12,6 +12,7 @@ use crate::abi;
 use crate::decode::{DecodeError, Operation, Request};
 use crate::fs::{DirBuf, Filesystem, Req};
 use crate::notify::Notifier;
+use crossbeam_utils::CachePadded;
 use devlife_gate::CancelSource;
 use rustix::io::Errno;
 use std::collections::HashMap;
@@ -35,14 +36,10 @@ const SHARDS: usize = 16;
 /// registered it. Such an interrupt is remembered, and the request is
 /// cancelled as it registers (both under one lock), as libfuse does.
 pub(crate) struct Inflight {
-    shards: [Padded; SHARDS],
+    /// Each on a cache line of its own: CPUs working on different shards
+    /// never write the same line.
+    shards: [CachePadded<Mutex<Shard>>; SHARDS],
 }
-
-/// A shard on a cache line of its own: CPUs working on different shards
-/// never write the same line.
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded(Mutex<Shard>);
 
 #[derive(Default)]
 struct Shard {
@@ -53,7 +50,7 @@ struct Shard {
 
 impl Default for Inflight {
     fn default() -> Self {
-        Inflight { shards: std::array::from_fn(|_| Padded::default()) }
+        Inflight { shards: std::array::from_fn(|_| CachePadded::default()) }
     }
 }
 
@@ -61,7 +58,7 @@ impl Inflight {
     fn shard(&self, unique: u64) -> std::sync::MutexGuard<'_, Shard> {
         // Uniques advance by 2 (the low bit marks interrupts).
         let i = (unique >> 1) as usize % SHARDS;
-        self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers request `unique`; its source is already cancelled if its

@@ -90,9 +90,15 @@ impl Gate {
     /// Creates a live gate.
     pub fn new() -> Self {
         let fence = if barrier::init() { 0 } else { FENCE };
+        Self::with(fence, registry::alloc_index().unwrap_or(usize::MAX))
+    }
+
+    /// A live gate with `state` bits `state` and thread-slot `index`
+    /// (`usize::MAX`: counted in `shared` only).
+    fn with(state: u32, index: usize) -> Self {
         Self {
-            state: AtomicU32::new(fence),
-            index: registry::alloc_index().unwrap_or(usize::MAX),
+            state: AtomicU32::new(state),
+            index,
             shared: Padded(Slot::new()),
             drain_lock: Mutex::new(()),
             drained: Condvar::new(),
@@ -115,14 +121,7 @@ impl Gate {
     /// wait for itself), so it must not be drained from inside.
     pub fn new_shared() -> Self {
         barrier::init();
-        Self {
-            state: AtomicU32::new(FENCE),
-            index: usize::MAX,
-            shared: Padded(Slot::new()),
-            drain_lock: Mutex::new(()),
-            drained: Condvar::new(),
-            cancel: CancelSource::new(),
-        }
+        Self::with(FENCE, usize::MAX)
     }
 
     /// Enters the gate: `Some(guard)` while the gate is live, `None` once it
@@ -240,19 +239,7 @@ impl Gate {
     /// inside one of this gate's own handlers.
     #[doc(alias = "percpu_ref_kill")]
     pub fn kill(&self) -> bool {
-        let old = self.state.fetch_or(DEAD, Ordering::SeqCst);
-        let first = old & DEAD == 0;
-        // Pairs with the light barriers in `try_enter`/`leave_local` (with
-        // the full fences of their slow path in FENCE mode): after this,
-        // every thread either sees DEAD or has its slot writes visible to
-        // our reads below and in `drain`.
-        if old & FENCE != 0 {
-            crate::primitive::fence(Ordering::SeqCst);
-        } else {
-            barrier::heavy();
-        }
-        self.cancel.cancel();
-        first
+        Self::kill_many([self]) == 1
     }
 
     /// Kills every gate of `gates` with one heavy barrier for all of them:
@@ -275,9 +262,11 @@ impl Gate {
             first += usize::from(old & DEAD == 0);
             fences_only &= old & FENCE != 0;
         }
-        // One barrier for every store above; pairs with the light barriers
-        // in `try_enter`/`leave_local` of each gate (and their fences in
-        // FENCE mode), as in `kill`.
+        // One barrier for every store above. Pairs with the light barriers
+        // in `try_enter`/`leave_local` (with the full fences of their slow
+        // path in FENCE mode): after this, every thread either sees DEAD or
+        // has its slot writes visible to our reads in `drain`. Gates that
+        // all fence on both sides need only a fence here.
         if fences_only {
             crate::primitive::fence(Ordering::SeqCst);
         } else {

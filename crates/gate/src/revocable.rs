@@ -52,11 +52,7 @@ unsafe impl<T: Send> Send for Revocable<T> {}
 impl<T> Revocable<T> {
     /// Wraps `data`, accessible until revoked.
     pub fn new(data: T) -> Self {
-        Self {
-            gate: Gate::new(),
-            dropped: AtomicBool::new(false),
-            data: UnsafeCell::new(ManuallyDrop::new(data)),
-        }
+        Self::with_gate(Gate::new(), data)
     }
 
     /// Wraps `data` behind a [`Gate::new_shared`]: each access costs an
@@ -65,11 +61,11 @@ impl<T> Revocable<T> {
     /// (the state of one open file, revoked at its close). It must not be
     /// revoked from inside one of its own guards (see `Gate::new_shared`).
     pub fn new_shared(data: T) -> Self {
-        Self {
-            gate: Gate::new_shared(),
-            dropped: AtomicBool::new(false),
-            data: UnsafeCell::new(ManuallyDrop::new(data)),
-        }
+        Self::with_gate(Gate::new_shared(), data)
+    }
+
+    fn with_gate(gate: Gate, data: T) -> Self {
+        Self { gate, dropped: AtomicBool::new(false), data: UnsafeCell::new(ManuallyDrop::new(data)) }
     }
 
     /// Access to the data, or `None` once revocation has started.
@@ -129,12 +125,7 @@ impl<T> Revocable<T> {
     /// and the data if this call is the one that took it.
     pub fn revoke_take(&self) -> (bool, Option<T>) {
         let first = self.gate.kill();
-        match self.gate.drain() {
-            Ok(()) => (first, self.take_drained()),
-            Err(DrainError::CallerInside) => (first, None),
-            // `drain` after `kill` cannot report NotKilled or TimedOut.
-            Err(e) => unreachable!("drain after kill failed: {e}"),
-        }
+        (first, self.drain_take())
     }
 
     /// [`revoke_take`](Self::revoke_take) for many at once: kills every
@@ -150,14 +141,19 @@ impl<T> Revocable<T> {
     {
         let items = items.into_iter();
         Gate::kill_many(items.clone().map(|r| &r.gate));
-        items
-            .map(|r| match r.gate.drain() {
-                Ok(()) => r.take_drained(),
-                Err(DrainError::CallerInside) => None,
-                // Killed above, by this thread's returned kill.
-                Err(e) => unreachable!("drain after kill failed: {e}"),
-            })
-            .collect()
+        items.map(Self::drain_take).collect()
+    }
+
+    /// After this thread's kill of the gate returned: waits for the users,
+    /// then takes the data if no other revoke did (`None` also when the
+    /// calling thread holds a guard: it cannot wait for itself).
+    fn drain_take(&self) -> Option<T> {
+        match self.gate.drain() {
+            Ok(()) => self.take_drained(),
+            Err(DrainError::CallerInside) => None,
+            // `drain` after `kill` cannot report NotKilled or TimedOut.
+            Err(e) => unreachable!("drain after kill failed: {e}"),
+        }
     }
 
     fn take_drained(&self) -> Option<T> {

@@ -66,6 +66,20 @@ pub struct Opts {
     pub ms: u64,
 }
 
+/// `ioctl(fd, XYZ_IOC_COUNT)`: the count it returns.
+pub fn ioctl_count(fd: &OwnedFd) -> rustix::io::Result<u64> {
+    let mut n = 0u64;
+    // SAFETY: XYZ_IOC_COUNT writes one u64 through the pointer, which points
+    // at `n`, alive for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_COUNT, &mut n as *mut u64) };
+    if r == 0 {
+        Ok(n)
+    } else {
+        Err(rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+            .unwrap_or(rustix::io::Errno::IO))
+    }
+}
+
 fn open(path: &std::path::Path) -> rustix::io::Result<OwnedFd> {
     rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
 }
@@ -85,13 +99,10 @@ fn once(op: Op, fd: &OwnedFd, path: &std::path::Path) -> Result<(), String> {
             Ok(4) => Ok(()),
             r => Err(format!("write returned {r:?}")),
         },
-        Op::Ioctl => {
-            let mut n = 0u64;
-            // SAFETY: XYZ_IOC_COUNT writes one u64 through the pointer, which
-            // points at `n`, alive for the call.
-            let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_COUNT, &mut n as *mut u64) };
-            if r == 0 && n > 0 { Ok(()) } else { Err(format!("ioctl returned {r} ({n})")) }
-        }
+        Op::Ioctl => match ioctl_count(fd) {
+            Ok(n) if n > 0 => Ok(()),
+            r => Err(format!("ioctl returned {r:?}")),
+        },
         Op::OpenClose => open(path).map(drop).map_err(|e| format!("open: {e}")),
     }
 }

@@ -56,14 +56,14 @@ pub struct Key {
 
 /// What the repetitions of one measurement gave.
 #[derive(Default)]
-pub struct Result {
+pub struct Measured {
     /// ops/s of each repetition.
     pub rates: Vec<f64>,
     /// Every repetition's latencies.
     pub hist: Hist,
 }
 
-impl Result {
+impl Measured {
     /// The median rate.
     pub fn ops_per_s(&self) -> f64 {
         let mut r = self.rates.clone();
@@ -84,7 +84,7 @@ fn measure(
     (threads, procs): (usize, usize),
     warmup_ms: u64,
     ms: u64,
-) -> std::result::Result<(f64, Hist), String> {
+) -> Result<(f64, Hist), String> {
     let mut children = Vec::new();
     for _ in 0..procs {
         let child = Command::new(exe)
@@ -162,7 +162,7 @@ pub fn run(o: &FsOpts) -> i32 {
             Err(e) => eprintln!("bench fs: {} left out: {e}", who.name()),
         }
     }
-    let mut results: BTreeMap<Key, Result> = BTreeMap::new();
+    let mut results: BTreeMap<Key, Measured> = BTreeMap::new();
     let mut failed = false;
     for _ in 0..reps {
         for (oi, op) in Op::ALL.into_iter().enumerate() {
@@ -209,7 +209,7 @@ pub fn run(o: &FsOpts) -> i32 {
     i32::from(failed)
 }
 
-fn row(k: &Key, r: &Result, threads: usize, procs: usize, reps: usize) -> Row {
+fn row(k: &Key, r: &Measured, threads: usize, procs: usize, reps: usize) -> Row {
     Row(vec![
         ("bench", V::S("fs".into())),
         ("contender", V::S(Contender::ALL[k.who].name().into())),
@@ -227,7 +227,7 @@ fn clients_label((threads, procs): (usize, usize)) -> String {
     if procs == 1 { format!("{threads} thr") } else { format!("{procs} procs") }
 }
 
-fn print_tables(results: &BTreeMap<Key, Result>, reps: usize, ms: u64) {
+fn print_tables(results: &BTreeMap<Key, Measured>, reps: usize, ms: u64) {
     println!("devlife bench fs: {}; {reps} rep(s) of {ms} ms per cell", machine());
     println!("cells: ops/s (p50 / p99 latency, µs)");
     for (oi, op) in Op::ALL.into_iter().enumerate() {

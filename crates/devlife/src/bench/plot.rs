@@ -2,7 +2,7 @@
 //! native libraries needed).
 
 use super::client::Op;
-use super::fs::{CLIENTS, Key, Result};
+use super::fs::{CLIENTS, Key, Measured};
 use super::servers::Contender;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ fn err(e: impl std::fmt::Display) -> String {
 /// `fs-latency.svg`: p50 (solid) and p99 (dashed) latency against client
 /// threads in one process, one panel per operation, latency on a
 /// logarithmic axis.
-pub fn fs_latency(dir: &Path, results: &BTreeMap<Key, Result>) -> std::result::Result<PathBuf, String> {
+pub fn fs_latency(dir: &Path, results: &BTreeMap<Key, Measured>) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join("fs-latency.svg");
     let root = SVGBackend::new(&path, (1000, 760)).into_drawing_area();
@@ -102,7 +102,7 @@ pub fn fs_latency(dir: &Path, results: &BTreeMap<Key, Result>) -> std::result::R
 pub type Series = (String, Vec<(f64, f64)>);
 
 /// `unplug.svg`: unplug times against open files (both axes logarithmic).
-pub fn unplug(dir: &Path, series: &[Series]) -> std::result::Result<PathBuf, String> {
+pub fn unplug(dir: &Path, series: &[Series]) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join("unplug.svg");
     let root = SVGBackend::new(&path, (800, 520)).into_drawing_area();

@@ -130,6 +130,11 @@ fn spawn_ready(cmd: &mut Command) -> Result<Child, String> {
 }
 
 impl Server {
+    /// Where it is mounted (`None` for `/dev/zero`).
+    pub fn mount(&self) -> Option<&Path> {
+        self.mount.as_deref()
+    }
+
     /// Starts `who` on a fresh mount under `base` (built peers in `peers`).
     pub fn start(who: Contender, base: &Path, exe: &Path, root: &Path) -> Result<Server, String> {
         if who == Contender::DevZero {

@@ -14,11 +14,11 @@
 //! 1,000 files, all of them open, two threads hammering reads on them.
 
 use super::{Row, V, machine, percentile};
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Options of `devlife bench unplug`.
@@ -41,8 +41,6 @@ const OPEN_FILES: [usize; 3] = [1, 100, 10_000];
 const HAMMERS: usize = 2;
 /// Files of the debugfs directory.
 const DEBUGFS_FILES: usize = 1_000;
-/// `XYZ_IOC_COUNT`.
-const XYZ_IOC_COUNT: libc::c_ulong = super::client::XYZ_IOC_COUNT;
 
 fn open(path: &Path, flags: OFlags) -> Result<OwnedFd, String> {
     rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
@@ -116,15 +114,7 @@ fn hammer(
 }
 
 fn ioctl_count(fd: &OwnedFd) -> rustix::io::Result<()> {
-    let mut n = 0u64;
-    // SAFETY: XYZ_IOC_COUNT writes one u64 through the pointer, which points
-    // at `n`, alive for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_COUNT, &mut n as *mut u64) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(rustix::io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
-    }
+    super::client::ioctl_count(fd).map(drop)
 }
 
 fn pread_u64(fd: &OwnedFd) -> rustix::io::Result<()> {
@@ -132,7 +122,7 @@ fn pread_u64(fd: &OwnedFd) -> rustix::io::Result<()> {
     rustix::io::pread(fd, &mut b, 0).map(drop)
 }
 
-/// Measures `sample` load for the hammers: their rate over `window`.
+/// The hammers' rate (operations per second) over the next `window`.
 fn rate(done: &AtomicU64, window: Duration) -> f64 {
     let a = done.load(Ordering::Relaxed);
     std::thread::sleep(window);
@@ -149,7 +139,6 @@ fn xyz_once(mnt: &Path, k: usize) -> Result<Sample, String> {
     let (hammers, done) = hammer(&fds[..HAMMERS], ioctl_count);
     // The blocked reader, on a descriptor of its own.
     let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
-    let started = Arc::new(AtomicBool::new(false));
     let t0 = Arc::new(std::sync::OnceLock::<Instant>::new());
     let reader = {
         let (fd, tid, t0) = (fds[HAMMERS].clone(), tid.clone(), t0.clone());
@@ -168,7 +157,6 @@ fn xyz_once(mnt: &Path, k: usize) -> Result<Sample, String> {
         }
         std::thread::yield_now();
     }
-    started.store(true, Ordering::Relaxed);
     let hammer_ops_per_s = rate(&done, Duration::from_millis(20));
 
     let unbind_path = mnt.join("sys/bus/sim/drivers/xyz/unbind");
@@ -266,7 +254,7 @@ fn run_inner(o: &UnplugOpts) -> Result<(), String> {
     let base = std::env::temp_dir().join(format!("devlife-unplug-{}", std::process::id()));
     let server =
         super::servers::Server::start(super::servers::Contender::Devlife, &base, &exe, Path::new("."))?;
-    let mnt = server.file.parent().and_then(Path::parent).ok_or("no mount")?.to_owned();
+    let mnt = server.mount().ok_or("no mount")?.to_owned();
 
     let mut xyz: Vec<(usize, Figures)> = OPEN_FILES.iter().map(|k| (*k, Figures::default())).collect();
     let mut dbg = Figures::default();

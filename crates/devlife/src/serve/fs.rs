@@ -4,6 +4,7 @@
 use super::control;
 use super::inodes::Inodes;
 use super::tree::{self, Obj};
+use crossbeam_utils::CachePadded;
 use devlife_core::gate::Wake;
 use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
 use devlife_fuse::abi::fopen;
@@ -46,23 +47,20 @@ enum Handle {
 /// Open handles by `fh`, in shards: every request on an open file looks its
 /// handle up, and with one lock the CPUs serving different files would
 /// pass its cache line back and forth on every request. Consecutive `fh`s
-/// land in different shards.
-struct Handles([Shard; 16]);
+/// land in different shards, each on a cache line of its own.
+struct Handles([CachePadded<Mutex<HandleMap>>; 16]);
 
-/// One shard, on a cache line of its own.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard(Mutex<HashMap<u64, Arc<Handle>>>);
+type HandleMap = HashMap<u64, Arc<Handle>>;
 
 impl Default for Handles {
     fn default() -> Self {
-        Handles(std::array::from_fn(|_| Shard::default()))
+        Handles(std::array::from_fn(|_| CachePadded::default()))
     }
 }
 
 impl Handles {
-    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
-        self.0[(fh % 16) as usize].0.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HandleMap> {
+        self.0[(fh % 16) as usize].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
