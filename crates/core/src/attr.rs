@@ -73,7 +73,7 @@ fn create(
     attr: DeviceAttribute,
     binding: Option<Arc<crate::device::Epoch>>,
 ) -> Result<AttrRegistration> {
-    crate::name::validate(&attr.name)?;
+    crate::name::validate_attr(&attr.name)?;
     let sys = dev.system().ok_or(Error::Detached)?;
     let node: Arc<dyn NodeDyn> = Node::new(
         attr.file,

@@ -5,9 +5,10 @@
 //!
 //! The bus lock guards only its two maps and is never held across a probe
 //! or a removal. A device's `lifecycle` lock serialises that device's bind,
-//! unbind and deletion; handlers never take it. Removal from inside one of
-//! the binding's own handlers cannot wait for that handler, so it is handed
-//! to a worker thread (see [`Bus::unbind`]).
+//! unbind and deletion; no caller inside one of the device's handlers waits
+//! for it. Removal from inside one of the binding's own handlers cannot
+//! wait for that handler, so it is handed to a worker thread, or left to
+//! the teardown already under way (see `Bus::release`).
 
 use crate::device::{Bound, Device, DeviceInner};
 use crate::devres::Devres;
@@ -16,10 +17,7 @@ use crate::system::{System, SystemInner, lock};
 use crate::{Errno, Error, Result};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-
-static NEXT_DRIVER: AtomicU64 = AtomicU64::new(1);
 
 /// A bus: a set of devices and a set of drivers. A cheap handle.
 #[derive(Clone)]
@@ -81,6 +79,12 @@ impl Bus {
         lock(&self.inner.state).drivers.keys().cloned().collect()
     }
 
+    /// The identity of the registration of driver `name`: a driver
+    /// unregistered and registered again has a new one.
+    pub fn driver_id(&self, name: &str) -> Option<u64> {
+        lock(&self.inner.state).drivers.get(name).map(|e| e.id)
+    }
+
     /// The devices bound to driver `name`.
     pub fn driver_devices(&self, name: &str) -> Vec<String> {
         self.devices()
@@ -97,8 +101,7 @@ impl Bus {
     pub fn register_driver<D: Driver>(&self, drv: D) -> Result<()> {
         let name = Driver::name(&drv).to_owned();
         crate::name::validate(&name)?;
-        let entry =
-            Arc::new(DriverEntry { id: NEXT_DRIVER.fetch_add(1, Ordering::Relaxed), drv: Box::new(drv) });
+        let entry = Arc::new(DriverEntry { id: crate::id::next(), drv: Box::new(drv) });
         {
             let mut st = lock(&self.inner.state);
             if st.drivers.contains_key(&name) {
@@ -130,7 +133,7 @@ impl Bus {
         // Every device, not a snapshot of the bound ones: a probe racing
         // this holds the device's lifecycle lock, which we wait for below.
         for dev in self.devices() {
-            let _ = self.release(&dev, Some(entry.id));
+            let _ = self.release(&dev, Some(entry.id), None);
         }
         Ok(())
     }
@@ -139,7 +142,7 @@ impl Bus {
     /// (Linux `device_add`). A failing probe leaves it unbound (logged).
     #[doc(alias = "device_add")]
     pub fn add_device(&self, name: &str, dev_type: &str) -> Result<Device> {
-        crate::name::validate(name)?;
+        crate::name::validate_device(name)?;
         crate::name::validate(dev_type)?;
         let dev = Device::new(name, dev_type, &self.inner.name, self.inner.sys.clone());
         let drivers: Vec<_> = {
@@ -167,7 +170,7 @@ impl Bus {
             .remove(name)
             .ok_or_else(|| Error::NoSuchDevice(name.to_owned()))?;
         lock(&dev.inner.state).deleted = true;
-        let r = match self.release(&dev, None) {
+        let r = match self.release(&dev, None, None) {
             Ok(u) => u,
             Err(Error::NotBound(_)) => Unbound::Complete,
             Err(e) => return Err(e),
@@ -216,12 +219,12 @@ impl Bus {
                 Some(id.ok_or_else(|| Error::NoSuchDriver(n.to_owned()))?)
             }
         };
-        self.release(&d, driver_id)
+        self.release(&d, driver_id, None)
     }
 
     /// Unbinds `dev` (a device of this bus) from whatever driver it has.
     pub(crate) fn unbind_device(&self, dev: &Device, only: Option<u64>) -> Result<Unbound> {
-        self.release(dev, only)
+        self.release(dev, only, None)
     }
 
     fn probe(&self, dev: &Device, entry: &Arc<DriverEntry>) -> Result<()> {
@@ -268,40 +271,89 @@ impl Bus {
         }
     }
 
-    /// Ends `dev`'s binding (only if to driver `only`, when given).
-    fn release(&self, dev: &Device, only: Option<u64>) -> Result<Unbound> {
-        let bid = lock(&dev.inner.state).binding.as_ref().map(|b| b.epoch.id);
-        if bid.is_some_and(crate::node::in_handler_of) {
-            let (bus, dev2) = (self.clone(), dev.clone());
-            std::thread::Builder::new()
-                .name(format!("devlife-unbind:{}", dev.name()))
-                .spawn(move || {
-                    if let Err(e) = bus.release(&dev2, only) {
-                        tracing::warn!(device = dev2.name(), "deferred unbind: {e}");
+    /// Ends `dev`'s binding: only if it is to driver `only`, and only if
+    /// it is binding `which`, when given (a deferred unbind ends the
+    /// binding it was asked for, never one made since).
+    ///
+    /// # Removal from inside
+    ///
+    /// Whether the caller runs inside a handler of the device's binding is
+    /// decided under the device's state lock, which every change of
+    /// `binding` and `unbinding` holds, so the answer covers the binding in
+    /// both of its last states:
+    ///
+    /// * still bound: the unbind is handed to a worker thread (one per
+    ///   binding: later requests find it scheduled), which waits for the
+    ///   lifecycle lock like any remover;
+    /// * its teardown under way (by a worker or by another thread): that
+    ///   teardown is waiting for this very handler, and completes once it
+    ///   returns; nothing more to do.
+    ///
+    /// Either way [`Unbound::Deferred`] is returned at once. Only a caller
+    /// inside none of the device's handlers waits for the lifecycle lock,
+    /// and the lock's holder waits only for handlers of this device, so no
+    /// interleaving makes the two wait for each other (the served tree's
+    /// test of eight threads unbinding their own device at once hung on
+    /// this before).
+    fn release(&self, dev: &Device, only: Option<u64>, which: Option<u64>) -> Result<Unbound> {
+        let scheduled = {
+            let mut st = lock(&dev.inner.state);
+            match &st.binding {
+                Some(b) => {
+                    check_binding(dev, b, only, which)?;
+                    let id = b.epoch.id;
+                    if !crate::node::in_handler_of(id) {
+                        None
+                    } else if st.deferred == Some(id) {
+                        return Ok(Unbound::Deferred);
+                    } else {
+                        st.deferred = Some(id);
+                        Some(id)
                     }
-                })
-                .map_err(|_| Error::WouldDeadlock)?;
+                }
+                None if st.unbinding.is_some_and(crate::node::in_handler_of) => {
+                    return Ok(Unbound::Deferred);
+                }
+                None => None,
+            }
+        };
+        if let Some(id) = scheduled {
+            let (bus, dev2) = (self.clone(), dev.clone());
+            let spawned =
+                std::thread::Builder::new().name(format!("devlife-unbind:{}", dev.name())).spawn(move || {
+                    match bus.release(&dev2, only, Some(id)) {
+                        Ok(_) | Err(Error::NotBound(_)) => {}
+                        Err(e) => tracing::warn!(device = dev2.name(), "deferred unbind: {e}"),
+                    }
+                });
+            if spawned.is_err() {
+                let mut st = lock(&dev.inner.state);
+                if st.deferred == Some(id) {
+                    st.deferred = None;
+                }
+                return Err(Error::WouldDeadlock);
+            }
             return Ok(Unbound::Deferred);
         }
+        let sys = self.system()?;
         let _life = lock(&dev.inner.lifecycle);
-        let binding = {
+        let b = {
             let mut st = lock(&dev.inner.state);
             match &st.binding {
                 None => return Err(Error::NotBound(dev.name().to_owned())),
-                Some(b) if only.is_some_and(|id| id != b.driver.id) => {
-                    return Err(Error::BoundElsewhere {
-                        device: dev.name().to_owned(),
-                        driver: b.driver.drv.name().to_owned(),
-                    });
-                }
-                Some(_) => st.binding.take(),
+                Some(b) => check_binding(dev, b, only, which)?,
             }
+            let Some(b) = st.binding.take() else { return Err(Error::NotBound(dev.name().to_owned())) };
+            st.unbinding = Some(b.epoch.id);
+            if st.deferred == Some(b.epoch.id) {
+                st.deferred = None;
+            }
+            b
         };
-        let Some(b) = binding else { return Err(Error::NotBound(dev.name().to_owned())) };
-        let sys = self.system()?;
         let driver = b.driver.drv.name().to_owned();
         let attrs = dev.attrs().into_iter().map(|(n, _)| n).collect();
         teardown(dev, b, &sys);
+        lock(&dev.inner.state).unbinding = None;
         sys.changed(crate::system::Change::Unbound {
             bus: self.inner.name.clone(),
             name: dev.name().to_owned(),
@@ -310,6 +362,26 @@ impl Bus {
         });
         Ok(Unbound::Complete)
     }
+}
+
+/// Whether binding `b` of `dev` is the one an unbind asked for.
+fn check_binding(
+    dev: &Device,
+    b: &crate::device::Binding,
+    only: Option<u64>,
+    which: Option<u64>,
+) -> Result<()> {
+    if which.is_some_and(|w| w != b.epoch.id) {
+        // The binding asked for has ended; this one was made since.
+        return Err(Error::NotBound(dev.name().to_owned()));
+    }
+    if only.is_some_and(|id| id != b.driver.id) {
+        return Err(Error::BoundElsewhere {
+            device: dev.name().to_owned(),
+            driver: b.driver.drv.name().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The kernel's unbind order: `remove`, then managed resources newest

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 pub struct Dentry(Arc<DentryInner>);
 
 struct DentryInner {
+    id: u64,
     name: String,
     parent: Weak<DentryInner>,
     sys: Weak<SystemInner>,
@@ -36,6 +37,7 @@ enum Kind {
 impl Dentry {
     pub(crate) fn root(sys: Weak<SystemInner>) -> Self {
         Dentry(Arc::new(DentryInner {
+            id: crate::id::next(),
             name: String::new(),
             parent: Weak::new(),
             sys,
@@ -70,9 +72,10 @@ impl Dentry {
         }
     }
 
-    /// A number identifying the entry while it exists.
-    pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
+    /// A number naming this entry and no other for the life of the
+    /// process (an entry removed and created again has a new one).
+    pub fn id(&self) -> u64 {
+        self.0.id
     }
 
     /// Whether the entry has been removed.
@@ -116,6 +119,7 @@ impl Dentry {
             return Err(Error::Exists(name.to_owned()));
         }
         let d = Dentry(Arc::new(DentryInner {
+            id: crate::id::next(),
             name: name.to_owned(),
             parent: Arc::downgrade(&self.0),
             sys: self.0.sys.clone(),

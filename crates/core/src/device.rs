@@ -16,12 +16,14 @@ pub struct Device {
 }
 
 pub(crate) struct DeviceInner {
+    /// The device's identity ([`Device::id`]).
+    pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) dev_type: String,
     pub(crate) bus: String,
     pub(crate) sys: Weak<SystemInner>,
-    /// Serialises bind, unbind and delete (Linux `device_lock`). Never taken
-    /// by handlers.
+    /// Serialises bind, unbind and delete (Linux `device_lock`). Never
+    /// waited for from inside one of the device's handlers.
     pub(crate) lifecycle: Mutex<()>,
     /// Short-held: what the device is bound to.
     pub(crate) state: Mutex<DeviceState>,
@@ -31,6 +33,12 @@ pub(crate) struct DeviceInner {
 #[derive(Default)]
 pub(crate) struct DeviceState {
     pub(crate) binding: Option<Binding>,
+    /// The binding whose teardown is under way (taken from `binding`, not
+    /// yet complete).
+    pub(crate) unbinding: Option<u64>,
+    /// The binding a worker thread has been started to unbind (asked from
+    /// inside one of its handlers).
+    pub(crate) deferred: Option<u64>,
     pub(crate) deleted: bool,
 }
 
@@ -65,6 +73,7 @@ impl Device {
     pub(crate) fn new(name: &str, dev_type: &str, bus: &str, sys: Weak<SystemInner>) -> Self {
         Device {
             inner: Arc::new(DeviceInner {
+                id: crate::id::next(),
                 name: name.to_owned(),
                 dev_type: dev_type.to_owned(),
                 bus: bus.to_owned(),
@@ -135,9 +144,11 @@ impl Device {
         self.inner.sys.upgrade().map(System::from_inner)
     }
 
-    /// A number identifying the device while it exists.
-    pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner) as usize
+    /// A number naming this device and no other for the life of the
+    /// process: a device deleted and added again under the same name has a
+    /// new one.
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Whether two handles name the same device.

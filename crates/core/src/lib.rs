@@ -48,6 +48,7 @@ pub mod driver;
 pub mod errno;
 mod error;
 pub mod fops;
+mod id;
 pub mod ioctl;
 mod misc;
 pub mod name;

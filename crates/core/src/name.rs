@@ -18,6 +18,49 @@ pub enum NameError {
     /// The name contains a `/`, a NUL, or a control character.
     #[error("name contains {0:?}")]
     BadChar(char),
+    /// The name is one of the fixed entries of the directory the object
+    /// would appear in (a device called `bind` next to a driver's `bind`
+    /// file).
+    #[error("{0:?} is a reserved name")]
+    Reserved(&'static str),
+}
+
+/// The fixed entries of a driver's directory (`sys/bus/<bus>/drivers/<drv>/`),
+/// which also lists its devices by name: no device may be called so.
+pub const DRIVER_DIR_ENTRIES: &[&str] = &["bind", "unbind"];
+
+/// The fixed entries of a device's directory (`sys/bus/<bus>/devices/<dev>/`),
+/// which also lists its attributes: no attribute may be called so.
+pub const DEVICE_DIR_ENTRIES: &[&str] = &["uevent", "driver"];
+
+fn not_reserved(name: &str, reserved: &[&'static str]) -> Result<(), NameError> {
+    match reserved.iter().find(|r| **r == name) {
+        Some(r) => Err(NameError::Reserved(r)),
+        None => Ok(()),
+    }
+}
+
+/// Checks a device name: a valid component and not a driver directory's
+/// own entry (Linux would fail the binding's `sysfs_create_link` with
+/// `EEXIST`; refusing the name up front changes nothing instead).
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::name::{validate_device, NameError};
+/// assert!(validate_device("xyz0").is_ok());
+/// assert_eq!(validate_device("bind"), Err(NameError::Reserved("bind")));
+/// ```
+pub fn validate_device(name: &str) -> Result<(), NameError> {
+    validate(name)?;
+    not_reserved(name, DRIVER_DIR_ENTRIES)
+}
+
+/// Checks an attribute name: a valid component and not a device
+/// directory's own entry.
+pub fn validate_attr(name: &str) -> Result<(), NameError> {
+    validate(name)?;
+    not_reserved(name, DEVICE_DIR_ENTRIES)
 }
 
 /// The longest name accepted, in bytes (Linux `NAME_MAX`).
@@ -100,6 +143,6 @@ pub fn type_and_name(data: &[u8]) -> Result<(&str, &str), ControlError> {
         return Err(ControlError::Fields(2));
     };
     validate(ty)?;
-    validate(name)?;
+    validate_device(name)?;
     Ok((ty, name))
 }

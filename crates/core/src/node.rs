@@ -51,6 +51,8 @@ static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A gated object with file operations `F`.
 pub(crate) struct Node<F: FileOperations> {
+    /// The node's identity ([`NodeRef::id`]).
+    id: u64,
     ops: Revocable<F>,
     kind: NodeKind,
     name: String,
@@ -116,6 +118,7 @@ impl<F: FileOperations> Node<F> {
         gated: bool,
     ) -> Arc<Self> {
         Arc::new(Node {
+            id: crate::id::next(),
             ops: Revocable::new(ops),
             kind,
             name,
@@ -348,6 +351,7 @@ pub(crate) trait NodeDyn: Send + Sync {
     fn kind(&self) -> NodeKind;
     fn inside(&self) -> usize;
     fn open_files(&self) -> usize;
+    fn id(&self) -> u64;
 }
 
 impl<F: FileOperations> NodeDyn for Node<F> {
@@ -368,6 +372,9 @@ impl<F: FileOperations> NodeDyn for Node<F> {
     }
     fn open_files(&self) -> usize {
         lock(&self.files).len()
+    }
+    fn id(&self) -> u64 {
+        self.id
     }
 }
 
@@ -414,9 +421,10 @@ impl NodeRef {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// A number identifying the object while it exists.
-    pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.0) as *const () as usize
+    /// A number naming this object and no other for the life of the
+    /// process (a device node removed and registered again has a new one).
+    pub fn id(&self) -> u64 {
+        self.0.id()
     }
 }
 

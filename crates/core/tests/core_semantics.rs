@@ -349,3 +349,44 @@ fn an_ungated_system_removes_without_waiting() {
     drop(node);
     assert_eq!(Arc::strong_count(&data), 1, "the operations went with the node");
 }
+
+#[test]
+fn names_that_collide_with_a_directorys_own_entries_are_refused() {
+    let sys = System::new();
+    let bus = sys.bus_register("b").unwrap();
+    for reserved in name::DRIVER_DIR_ENTRIES {
+        assert_eq!(
+            bus.add_device(reserved, "t").err(),
+            Some(Error::InvalidName(NameError::Reserved(reserved))),
+            "a device called {reserved:?} would shadow the driver directory's own file"
+        );
+        assert!(bus.device(reserved).is_none(), "nothing was added");
+    }
+    let dev = bus.add_device("d", "t").unwrap();
+    for reserved in name::DEVICE_DIR_ENTRIES {
+        let attr = DeviceAttribute::read_only(*reserved, || Ok(String::new()));
+        assert_eq!(
+            attr::device_create_file(&dev, attr).err(),
+            Some(Error::InvalidName(NameError::Reserved(reserved)))
+        );
+    }
+    assert!(dev.attrs().is_empty());
+}
+
+#[test]
+fn identities_are_never_reused() {
+    // Object identities outlive the objects: a device, node or debugfs
+    // entry removed and made again under the same name is told apart from
+    // the old one, however the allocator reuses memory.
+    let sys = System::new();
+    let bus = sys.bus_register("b").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        let d = bus.add_device("d", "t").unwrap();
+        assert!(seen.insert(d.id()), "device identity reused");
+        bus.delete_device("d").unwrap();
+        let e = sys.debugfs().create_dir("e").unwrap();
+        assert!(seen.insert(e.id()), "debugfs identity reused");
+        e.remove();
+    }
+}

@@ -59,6 +59,7 @@ fn valid_names_are_single_safe_components() {
                     NameError::TooLong => assert!(s.len() > NAME_MAX),
                     NameError::Dot => assert!(s == "." || s == ".."),
                     NameError::BadChar(c) => assert!(c == '/' || c.is_control()),
+                    NameError::Reserved(r) => panic!("validate() reserves no name, but refused {r:?}"),
                 }
             }
         }

@@ -423,9 +423,12 @@ fn s15_torture_loop() {
     let r = rig(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicUsize::new(0));
+    // Operations the clients completed: the chaos below runs until they made
+    // progress, however the scheduler shares the CPUs.
+    let done = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            let (sys, stop, errors) = (r.sys.clone(), stop.clone(), errors.clone());
+            let (sys, stop, errors, done) = (r.sys.clone(), stop.clone(), errors.clone(), done.clone());
             thread::spawn(move || {
                 let mut ops = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -450,6 +453,7 @@ fn s15_torture_loop() {
                             _ => hold(&f, 0).map(|_| ()),
                         };
                         ops += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
                         match res {
                             Ok(()) | Err(Errno::EAGAIN) => {}
                             Err(Errno::ENODEV) => break,
@@ -463,7 +467,16 @@ fn s15_torture_loop() {
             })
         })
         .collect();
-    for i in 0..300 {
+    // At least 300 rounds of chaos, and until the clients completed 2,000
+    // operations between them (a hang guard, not a timing, bounds it).
+    let start = Instant::now();
+    let mut i = 0usize;
+    while i < 300 || done.load(Ordering::Relaxed) < 2000 {
+        assert!(start.elapsed() < Duration::from_secs(120), "clients made no progress in 120 s");
+        if i >= 300 {
+            thread::yield_now();
+        }
+        i += 1;
         let name = format!("xyz{}", i % 2);
         match i % 3 {
             0 => {

@@ -24,6 +24,13 @@ pub mod op {
     pub const GETATTR: u32 = 3;
     pub const SETATTR: u32 = 4;
     pub const READLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
@@ -35,12 +42,14 @@ pub mod op {
     pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const ACCESS: u32 = 34;
+    pub const CREATE: u32 = 35;
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
     pub const IOCTL: u32 = 39;
     pub const POLL: u32 = 40;
     pub const BATCH_FORGET: u32 = 42;
     pub const READDIRPLUS: u32 = 44;
+    pub const RENAME2: u32 = 45;
 }
 
 /// Notification codes (the `error` field of a notification's header).
@@ -53,6 +62,9 @@ pub mod notify {
 /// INIT flags.
 pub mod init {
     pub const ASYNC_READ: u32 = 1 << 0;
+    /// The server handles `O_TRUNC` in OPEN itself: the kernel sends no
+    /// SETATTR for it, so a SETATTR of the size is a truncate(2).
+    pub const ATOMIC_O_TRUNC: u32 = 1 << 3;
     pub const BIG_WRITES: u32 = 1 << 5;
     pub const DO_READDIRPLUS: u32 = 1 << 13;
     pub const READDIRPLUS_AUTO: u32 = 1 << 14;
@@ -85,6 +97,25 @@ pub mod fattr {
     pub const UID: u32 = 1 << 1;
     pub const GID: u32 = 1 << 2;
     pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+    pub const LOCKOWNER: u32 = 1 << 9;
+    pub const CTIME: u32 = 1 << 10;
+    /// Every time field.
+    pub const TIMES: u32 = ATIME | MTIME | ATIME_NOW | MTIME_NOW | CTIME;
+}
+
+/// `fuse_read_in.read_flags`.
+pub mod read_flags {
+    /// `lock_owner` is set. The kernel sets it on every read made for a
+    /// read(2)-family call on a direct-I/O file (`fuse_direct_io` passes
+    /// `current->files`), and never on the reads that fill the page cache
+    /// (`fuse_read_folio`, readahead: a private mapping's page fault, a
+    /// splice).
+    pub const LOCKOWNER: u32 = 1 << 1;
 }
 
 /// `fuse_ioctl_in.flags`.
@@ -133,6 +164,12 @@ abi! {
     pub struct WriteOut { pub size: u32, pub padding: u32, } = 8;
     pub struct Kstatfs { pub blocks: u64, pub bfree: u64, pub bavail: u64, pub files: u64, pub ffree: u64, pub bsize: u32, pub namelen: u32, pub frsize: u32, pub padding: u32, pub spare: [u32; 6], } = 80;
     pub struct AccessIn { pub mask: u32, pub padding: u32, } = 8;
+    pub struct MknodIn { pub mode: u32, pub rdev: u32, pub umask: u32, pub padding: u32, } = 16;
+    pub struct MkdirIn { pub mode: u32, pub umask: u32, } = 8;
+    pub struct RenameIn { pub newdir: u64, } = 8;
+    pub struct Rename2In { pub newdir: u64, pub flags: u32, pub padding: u32, } = 16;
+    pub struct LinkIn { pub oldnodeid: u64, } = 8;
+    pub struct CreateIn { pub flags: u32, pub mode: u32, pub umask: u32, pub open_flags: u32, } = 16;
     pub struct InterruptIn { pub unique: u64, } = 8;
     pub struct IoctlIn { pub fh: u64, pub flags: u32, pub cmd: u32, pub arg: u64, pub in_size: u32, pub out_size: u32, } = 32;
     pub struct IoctlOut { pub result: i32, pub flags: u32, pub in_iovs: u32, pub out_iovs: u32, } = 16;

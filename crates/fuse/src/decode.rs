@@ -99,6 +99,44 @@ pub enum Operation<'a> {
     Interrupt(abi::InterruptIn),
     Statfs,
     Access(abi::AccessIn),
+    /// `name` in the parent, of a type and mode (MKNOD).
+    Mknod {
+        arg: abi::MknodIn,
+        name: &'a [u8],
+    },
+    Mkdir {
+        arg: abi::MkdirIn,
+        name: &'a [u8],
+    },
+    /// `name` in the parent, pointing at `target`.
+    Symlink {
+        name: &'a [u8],
+        target: &'a [u8],
+    },
+    Unlink {
+        name: &'a [u8],
+    },
+    Rmdir {
+        name: &'a [u8],
+    },
+    /// `name` in the parent to `newname` in `newdir` (RENAME and RENAME2;
+    /// `flags` 0 for RENAME).
+    Rename {
+        newdir: u64,
+        flags: u32,
+        name: &'a [u8],
+        newname: &'a [u8],
+    },
+    /// A new name `name` in the parent for `arg.oldnodeid`.
+    Link {
+        arg: abi::LinkIn,
+        name: &'a [u8],
+    },
+    /// open(2) with `O_CREAT` of `name` in the parent.
+    Create {
+        arg: abi::CreateIn,
+        name: &'a [u8],
+    },
     /// Any opcode this server does not implement (answered `ENOSYS`).
     Unsupported(u32),
 }
@@ -135,8 +173,19 @@ impl<'a> Args<'a> {
 }
 
 fn name<'a>(data: &'a [u8], op: &'static str) -> Result<&'a [u8], DecodeError> {
+    Ok(name_and_rest(data, op)?.0)
+}
+
+/// A NUL-terminated name, and what follows its NUL.
+fn name_and_rest<'a>(data: &'a [u8], op: &'static str) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
     let nul = data.iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul { op })?;
-    Ok(&data[..nul])
+    Ok((&data[..nul], &data[nul + 1..]))
+}
+
+/// Two NUL-terminated names, one after the other.
+fn two_names<'a>(data: &'a [u8], op: &'static str) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+    let (a, rest) = name_and_rest(data, op)?;
+    Ok((a, name(rest, op)?))
 }
 
 /// Decodes the request in `buf` (exactly the bytes one read of `/dev/fuse`
@@ -220,6 +269,38 @@ fn decode_op<'a>(header: &abi::InHeader, args: Args<'a>) -> Result<Operation<'a>
         op::INTERRUPT => Operation::Interrupt(args.fixed("INTERRUPT")?.0),
         op::STATFS => Operation::Statfs,
         op::ACCESS => Operation::Access(args.fixed("ACCESS")?.0),
+        op::MKNOD => {
+            let (arg, rest) = args.fixed("MKNOD")?;
+            Operation::Mknod { arg, name: name(rest, "MKNOD")? }
+        }
+        op::MKDIR => {
+            let (arg, rest) = args.fixed("MKDIR")?;
+            Operation::Mkdir { arg, name: name(rest, "MKDIR")? }
+        }
+        op::SYMLINK => {
+            let (name, target) = two_names(args.all(), "SYMLINK")?;
+            Operation::Symlink { name, target }
+        }
+        op::UNLINK => Operation::Unlink { name: name(args.all(), "UNLINK")? },
+        op::RMDIR => Operation::Rmdir { name: name(args.all(), "RMDIR")? },
+        op::RENAME => {
+            let (arg, rest): (abi::RenameIn, _) = args.fixed("RENAME")?;
+            let (name, newname) = two_names(rest, "RENAME")?;
+            Operation::Rename { newdir: arg.newdir, flags: 0, name, newname }
+        }
+        op::RENAME2 => {
+            let (arg, rest): (abi::Rename2In, _) = args.fixed("RENAME2")?;
+            let (name, newname) = two_names(rest, "RENAME2")?;
+            Operation::Rename { newdir: arg.newdir, flags: arg.flags, name, newname }
+        }
+        op::LINK => {
+            let (arg, rest) = args.fixed("LINK")?;
+            Operation::Link { arg, name: name(rest, "LINK")? }
+        }
+        op::CREATE => {
+            let (arg, rest) = args.fixed("CREATE")?;
+            Operation::Create { arg, name: name(rest, "CREATE")? }
+        }
         other => Operation::Unsupported(other),
     };
     Ok(op)
@@ -347,6 +428,30 @@ mod tests {
         let mut b = i.as_bytes().to_vec();
         b.extend_from_slice(&abi::init2::OVER_IO_URING.to_ne_bytes());
         assert!(matches!(decode(&req(op::INIT, &b)).unwrap().op, Operation::Init { flags2: 0, .. }));
+    }
+
+    #[test]
+    fn namespace_operations_carry_their_names() {
+        let mk = abi::MkdirIn { mode: 0o755, umask: 0o022 };
+        let mut b = mk.as_bytes().to_vec();
+        b.extend_from_slice(b"d\0");
+        assert!(matches!(decode(&req(op::MKDIR, &b)).unwrap().op, Operation::Mkdir { name: b"d", .. }));
+        assert!(matches!(
+            decode(&req(op::SYMLINK, b"l\0target\0")).unwrap().op,
+            Operation::Symlink { name: b"l", target: b"target" }
+        ));
+        let rn = abi::Rename2In { newdir: 5, flags: 1, padding: 0 };
+        let mut b = rn.as_bytes().to_vec();
+        b.extend_from_slice(b"a\0b\0");
+        assert!(matches!(
+            decode(&req(op::RENAME2, &b)).unwrap().op,
+            Operation::Rename { newdir: 5, flags: 1, name: b"a", newname: b"b" }
+        ));
+        assert_eq!(
+            decode(&req(op::SYMLINK, b"l\0t")).unwrap_err(),
+            DecodeError::MissingNul { op: "SYMLINK" }
+        );
+        assert_eq!(decode(&req(op::UNLINK, b"")).unwrap_err(), DecodeError::MissingNul { op: "UNLINK" });
     }
 
     #[test]

@@ -179,20 +179,20 @@ fn dispatch<F: Filesystem>(
         };
         out.extend_from_slice(a.as_bytes());
     };
+    let entry_out = |out: &mut Vec<u8>, e: crate::fs::Entry| {
+        let eo = abi::EntryOut {
+            nodeid: e.attr.ino,
+            generation: e.generation,
+            entry_valid: e.entry_ttl.as_secs(),
+            attr_valid: e.attr_ttl.as_secs(),
+            entry_valid_nsec: e.entry_ttl.subsec_nanos(),
+            attr_valid_nsec: e.attr_ttl.subsec_nanos(),
+            attr: e.attr.abi(),
+        };
+        out.extend_from_slice(eo.as_bytes());
+    };
     match op {
-        Operation::Lookup { name } => {
-            let e = fs.lookup(r, ino, name)?;
-            let eo = abi::EntryOut {
-                nodeid: e.attr.ino,
-                generation: e.generation,
-                entry_valid: e.entry_ttl.as_secs(),
-                attr_valid: e.attr_ttl.as_secs(),
-                entry_valid_nsec: e.entry_ttl.subsec_nanos(),
-                attr_valid_nsec: e.attr_ttl.subsec_nanos(),
-                attr: e.attr.abi(),
-            };
-            out.extend_from_slice(eo.as_bytes());
-        }
+        Operation::Lookup { name } => entry_out(out, fs.lookup(r, ino, name)?),
         Operation::Forget(f) => fs.forget(ino, f.nlookup),
         Operation::BatchForget(list) => {
             for f in list {
@@ -206,7 +206,16 @@ fn dispatch<F: Filesystem>(
             let op = fs.open(r, ino, o.flags)?;
             out.extend_from_slice(abi::OpenOut { fh: op.fh, open_flags: op.flags, padding: 0 }.as_bytes());
         }
-        Operation::Read(rd) => fs.read(r, ino, rd.fh, rd.offset, rd.size.min(max_write), rd.flags, out)?,
+        Operation::Read(rd) => {
+            let arg = crate::fs::ReadArgs {
+                fh: rd.fh,
+                offset: rd.offset,
+                size: rd.size.min(max_write),
+                flags: rd.flags,
+                page_cache: rd.read_flags & abi::read_flags::LOCKOWNER == 0,
+            };
+            fs.read(r, ino, &arg, out)?
+        }
         Operation::Write { arg, data } => {
             let n = fs.write(r, ino, arg.fh, arg.offset, data, arg.flags)?;
             out.extend_from_slice(abi::WriteOut { size: n, padding: 0 }.as_bytes());
@@ -243,6 +252,20 @@ fn dispatch<F: Filesystem>(
         }
         Operation::Statfs => out.extend_from_slice(fs.statfs(r, ino)?.as_bytes()),
         Operation::Access(a) => fs.access(r, ino, a.mask)?,
+        Operation::Mknod { arg, name } => entry_out(out, fs.mknod(r, ino, name, arg.mode, arg.rdev)?),
+        Operation::Mkdir { arg, name } => entry_out(out, fs.mkdir(r, ino, name, arg.mode)?),
+        Operation::Symlink { name, target } => entry_out(out, fs.symlink(r, ino, name, target)?),
+        Operation::Unlink { name } => fs.unlink(r, ino, name)?,
+        Operation::Rmdir { name } => fs.rmdir(r, ino, name)?,
+        Operation::Rename { newdir, flags, name, newname } => {
+            fs.rename(r, ino, name, newdir, newname, flags)?
+        }
+        Operation::Link { arg, name } => entry_out(out, fs.link(r, arg.oldnodeid, ino, name)?),
+        Operation::Create { arg, name } => {
+            let (e, op) = fs.create(r, ino, name, arg.mode, arg.flags)?;
+            entry_out(out, e);
+            out.extend_from_slice(abi::OpenOut { fh: op.fh, open_flags: op.flags, padding: 0 }.as_bytes());
+        }
         Operation::Destroy => fs.destroy(),
         // INIT after the handshake is a protocol error.
         Operation::Init { .. } => return Err(Errno::PROTO),

@@ -85,6 +85,26 @@ pub struct Opened {
     pub flags: u32,
 }
 
+/// What a READ asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadArgs {
+    /// The open file's handle.
+    pub fh: u64,
+    /// Where to read (0 for stream files).
+    pub offset: u64,
+    /// At most this many bytes.
+    pub size: u32,
+    /// The file's open(2) flags (with `O_NONBLOCK`).
+    pub flags: u32,
+    /// The kernel reads to fill its page cache, not for a read(2) on a
+    /// descriptor: a private mapping's page fault, readahead or a splice
+    /// of a direct-I/O file (which `mmap(MAP_PRIVATE)` and `splice` still
+    /// go through the page cache for; `fuse_read_in` carries no lock
+    /// owner then, see [`abi::read_flags`]). A server whose files have no
+    /// backing store refuses these.
+    pub page_cache: bool,
+}
+
 /// Where `readdir` writes entries.
 pub struct DirBuf<'a> {
     pub(crate) buf: &'a mut Vec<u8>,
@@ -161,19 +181,8 @@ pub trait Filesystem: Send + Sync + 'static {
     fn open(&self, req: &Req<'_>, ino: u64, flags: u32) -> Result<Opened, Errno> {
         Err(Errno::NOSYS)
     }
-    /// Reads at most `size` bytes at `offset` into `out` (`flags`: the
-    /// file's open flags, with `O_NONBLOCK`).
-    #[allow(clippy::too_many_arguments)]
-    fn read(
-        &self,
-        req: &Req<'_>,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        flags: u32,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Errno> {
+    /// Reads at most `arg.size` bytes at `arg.offset` into `out`.
+    fn read(&self, req: &Req<'_>, ino: u64, arg: &ReadArgs, out: &mut Vec<u8>) -> Result<(), Errno> {
         Err(Errno::NOSYS)
     }
     /// Writes `data` at `offset`; returns the bytes taken.
@@ -186,6 +195,57 @@ pub trait Filesystem: Send + Sync + 'static {
         data: &[u8],
         flags: u32,
     ) -> Result<u32, Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Creates `name` in `parent` with `mode` (type and permissions) and
+    /// device number `rdev` (mknod(2), mkfifo(3)).
+    fn mknod(&self, req: &Req<'_>, parent: u64, name: &[u8], mode: u32, rdev: u32) -> Result<Entry, Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Creates directory `name` in `parent`.
+    fn mkdir(&self, req: &Req<'_>, parent: u64, name: &[u8], mode: u32) -> Result<Entry, Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Creates symbolic link `name` in `parent`, pointing at `target`.
+    fn symlink(&self, req: &Req<'_>, parent: u64, name: &[u8], target: &[u8]) -> Result<Entry, Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Removes `name` (not a directory) from `parent`.
+    fn unlink(&self, req: &Req<'_>, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Removes directory `name` from `parent`.
+    fn rmdir(&self, req: &Req<'_>, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Moves `name` in `parent` to `newname` in `newdir` (`flags`:
+    /// renameat2(2)'s, 0 for rename(2)).
+    fn rename(
+        &self,
+        req: &Req<'_>,
+        parent: u64,
+        name: &[u8],
+        newdir: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Makes `newname` in `newparent` a new name of `ino`.
+    fn link(&self, req: &Req<'_>, ino: u64, newparent: u64, newname: &[u8]) -> Result<Entry, Errno> {
+        Err(Errno::NOSYS)
+    }
+    /// Creates and opens `name` in `parent` (open(2) with `O_CREAT` of a
+    /// name that does not exist). `ENOSYS` makes the kernel use
+    /// [`mknod`](Self::mknod) and [`open`](Self::open) instead.
+    fn create(
+        &self,
+        req: &Req<'_>,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+    ) -> Result<(Entry, Opened), Errno> {
         Err(Errno::NOSYS)
     }
     /// A descriptor of the file is being closed.

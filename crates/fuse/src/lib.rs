@@ -27,7 +27,7 @@ mod reply;
 mod ring;
 mod session;
 
-pub use fs::{DirBuf, Entry, FileAttr, Filesystem, Opened, Req};
+pub use fs::{DirBuf, Entry, FileAttr, Filesystem, Opened, ReadArgs, Req};
 pub use notify::Notifier;
 pub use rustix::io::Errno;
 pub use session::{Config, Counters, Session, Transport, TransportStats};

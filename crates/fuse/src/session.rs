@@ -31,7 +31,11 @@ use zerocopy::IntoBytes;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Most worker threads of the `/dev/fuse` pool, and of each CPU's ring
-    /// queue.
+    /// queue. Unlimited by default: a worker is started whenever a request
+    /// is taken and none is idle, so requests blocked in handlers, however
+    /// many, never hold up unrelated ones (a cap is a number of blocked
+    /// callers after which everything else on that queue waits, removal
+    /// included, which is what would free them).
     pub max_workers: usize,
     /// Idle `/dev/fuse` workers kept; more exit.
     pub max_idle: usize,
@@ -48,7 +52,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_workers: 1024, max_idle: 8, max_write: 128 * 1024, io_uring: true, mount_dir: None }
+        Config {
+            max_workers: usize::MAX,
+            max_idle: 8,
+            max_write: 128 * 1024,
+            io_uring: true,
+            mount_dir: None,
+        }
     }
 }
 
@@ -296,6 +306,7 @@ fn handshake(fd: &OwnedFd, config: &Config) -> std::io::Result<Negotiated> {
             continue;
         }
         let want = init::ASYNC_READ
+            | init::ATOMIC_O_TRUNC
             | init::BIG_WRITES
             | init::PARALLEL_DIROPS
             | init::ABORT_ERROR

@@ -9,7 +9,7 @@ use devlife_core::gate::Wake;
 use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
-    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, Req, Transport, TransportStats,
+    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, ReadArgs, Req, Transport, TransportStats,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,12 +37,20 @@ const O_NONBLOCK: u32 = 0o4000;
 /// only once and would then hand to the caller.
 const TTL: Duration = Duration::from_secs(1);
 
-/// An open file of the tree.
+/// An open file or directory of the tree.
 enum Handle {
     File(File),
     Text(Vec<u8>),
     Control(tree::Control),
+    /// A directory: its listing, taken when it is read from offset 0, so
+    /// that a listing in progress shows every entry that was neither added
+    /// nor removed exactly once, at the offset it had (POSIX readdir; the
+    /// kernel resumes at the last offset it was given).
+    Dir(Mutex<Arc<Vec<Listed>>>),
 }
+
+/// One entry of a directory listing: name, path, object.
+type Listed = (String, String, Obj);
 
 /// Open handles by `fh`, in shards: every request on an open file looks its
 /// handle up, and with one lock the CPUs serving different files would
@@ -159,6 +167,20 @@ impl ServeFs {
         }
     }
 
+    /// A directory's listing: `.`, `..`, then its entries by name.
+    fn list(&self, path: &str, obj: Obj) -> Vec<Listed> {
+        let parent = split(path);
+        let parent_path =
+            if parent.is_empty() { String::new() } else { parent[..parent.len() - 1].join("/") };
+        let up = tree::resolve(&self.sys, &split(&parent_path)).unwrap_or_else(|| obj.clone());
+        let mut entries: Vec<Listed> =
+            vec![(".".into(), path.to_owned(), obj), ("..".into(), parent_path, up)];
+        entries.extend(
+            tree::children(&self.sys, &parent).into_iter().map(|(n, o)| (n.clone(), join(path, &n), o)),
+        );
+        entries
+    }
+
     /// The transport's counts, for the session to count into (see
     /// `debug/devlife/fuse`).
     pub fn transport_stats(&self) -> Arc<TransportStats> {
@@ -184,9 +206,13 @@ impl ServeFs {
             Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, 0, TTL),
             Obj::Attr { mode, .. } => (S_IFREG | mode, self.uid, self.gid, 4096, Duration::ZERO),
             Obj::Debug(d) => (S_IFREG | d.mode(), self.uid, self.gid, 0, Duration::ZERO),
-            Obj::Text(t) => (S_IFREG | 0o444, self.uid, self.gid, t.len() as u64, Duration::ZERO),
-            Obj::Control(_) => (S_IFREG | 0o200, self.uid, self.gid, 4096, Duration::ZERO),
-            Obj::Symlink(t) => (S_IFLNK | 0o777, self.uid, self.gid, t.len() as u64, Duration::ZERO),
+            Obj::Text { text, .. } => {
+                (S_IFREG | 0o444, self.uid, self.gid, text.len() as u64, Duration::ZERO)
+            }
+            Obj::Control { .. } => (S_IFREG | 0o200, self.uid, self.gid, 4096, Duration::ZERO),
+            Obj::Symlink { target, .. } => {
+                (S_IFLNK | 0o777, self.uid, self.gid, target.len() as u64, Duration::ZERO)
+            }
         };
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
         let _ = tree::devt_of(obj);
@@ -220,6 +246,34 @@ impl ServeFs {
         self.handles.shard(fh).insert(fh, Arc::new(h));
         fh
     }
+}
+
+/// What every namespace change (mkdir, unlink, rename, ...) answers: the
+/// tree is the driver core's, changed only through its control files
+/// (sysfs answers `EPERM` alike).
+const NAMESPACE_FIXED: Errno = Errno::PERM;
+
+/// sysfs's open check (`kernfs_fop_open`): a file of `sys/` opens for
+/// reading only if its mode has a read bit and for writing only if it has
+/// a write bit, whoever opens it; `EACCES` otherwise, at open rather than
+/// at the first read or write. Device nodes and debugfs files are left to
+/// the permission check alone, as for character devices and debugfs.
+fn sysfs_open_mode(obj: &Obj, flags: u32) -> Result<(), Errno> {
+    let mode = match obj {
+        Obj::Attr { mode, .. } => *mode,
+        Obj::Control { .. } => 0o200,
+        Obj::Text { .. } => 0o444,
+        _ => return Ok(()),
+    };
+    let (read, write) = match flags & 0o3 {
+        0 => (true, false),
+        1 => (false, true),
+        _ => (true, true),
+    };
+    if (read && mode & 0o444 == 0) || (write && mode & 0o222 == 0) {
+        return Err(Errno::ACCESS);
+    }
+    Ok(())
 }
 
 /// Wakes the kernel's pollers of one poll handle.
@@ -267,23 +321,30 @@ impl Filesystem for ServeFs {
     ) -> Result<(FileAttr, Duration), Errno> {
         use devlife_fuse::abi::fattr;
         let (_, obj) = self.resolve_ino(ino)?;
-        // Truncation (`echo > file` opens with O_TRUNC) is accepted and
-        // ignored: these files have no stored contents. Nothing else changes.
-        if set.valid & (fattr::MODE | fattr::UID | fattr::GID) != 0 {
+        // Modes, owners and times are the driver core's to set: refused,
+        // nothing changes (`touch` and `chmod` fail alike).
+        if set.valid & (fattr::MODE | fattr::UID | fattr::GID | fattr::TIMES) != 0 {
             return Err(Errno::PERM);
+        }
+        // A truncate(2) (O_TRUNC comes in OPEN: ATOMIC_O_TRUNC): a
+        // character device answers EINVAL; the other files have no stored
+        // contents, and accept it as sysfs does, changing nothing.
+        if set.valid & fattr::SIZE != 0 && matches!(obj, Obj::DevNode(_)) {
+            return Err(Errno::INVAL);
         }
         Ok(self.attr(ino, &obj))
     }
 
     fn readlink(&self, _req: &Req<'_>, ino: u64) -> Result<Vec<u8>, Errno> {
         match self.resolve_ino(ino)?.1 {
-            Obj::Symlink(t) => Ok(t.into_bytes()),
+            Obj::Symlink { target, .. } => Ok(target.into_bytes()),
             _ => Err(Errno::INVAL),
         }
     }
 
     fn open(&self, req: &Req<'_>, ino: u64, flags: u32) -> Result<Opened, Errno> {
         let (_, obj) = self.resolve_ino(ino)?;
+        sysfs_open_mode(&obj, flags)?;
         let caller = Self::caller(req, flags);
         let (h, oflags) = match obj {
             // A stream: no file position, so threads sharing a descriptor
@@ -300,10 +361,10 @@ impl Filesystem for ServeFs {
                 let node = d.node().ok_or(Errno::ISDIR)?;
                 (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO)
             }
-            Obj::Text(t) => (Handle::Text(t.into_bytes()), fopen::DIRECT_IO),
-            Obj::Control(c) => (Handle::Control(c), fopen::DIRECT_IO),
+            Obj::Text { text, .. } => (Handle::Text(text.into_bytes()), fopen::DIRECT_IO),
+            Obj::Control { c, .. } => (Handle::Control(c), fopen::DIRECT_IO),
             Obj::Dir { .. } => return Err(Errno::ISDIR),
-            Obj::Symlink(_) => return Err(Errno::LOOP),
+            Obj::Symlink { .. } => return Err(Errno::LOOP),
         };
         // No FLUSH on close where the driver has no `flush`.
         let oflags = match &h {
@@ -313,28 +374,26 @@ impl Filesystem for ServeFs {
         Ok(Opened { fh: self.add_handle(h), flags: oflags })
     }
 
-    fn read(
-        &self,
-        req: &Req<'_>,
-        _ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        flags: u32,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Errno> {
-        match &*self.handle(fh)? {
+    fn read(&self, req: &Req<'_>, _ino: u64, arg: &ReadArgs, out: &mut Vec<u8>) -> Result<(), Errno> {
+        // No file here has mmap: a private mapping's page fault, or a
+        // splice, would otherwise read a device (taking a FIFO's data, or
+        // blocking with the page locked, which wedges the next open).
+        if arg.page_cache {
+            return Err(Errno::IO);
+        }
+        match &*self.handle(arg.fh)? {
             Handle::File(f) => {
-                out.resize(size as usize, 0);
-                let n = f.read(out, offset, &Self::caller(req, flags)).map_err(kerr)?;
+                out.resize(arg.size as usize, 0);
+                let n = f.read(out, arg.offset, &Self::caller(req, arg.flags)).map_err(kerr)?;
                 out.truncate(n);
             }
             Handle::Text(t) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(t.len());
-                let end = start.saturating_add(size as usize).min(t.len());
+                let start = usize::try_from(arg.offset).unwrap_or(usize::MAX).min(t.len());
+                let end = start.saturating_add(arg.size as usize).min(t.len());
                 out.extend_from_slice(&t[start..end]);
             }
             Handle::Control(_) => return Err(Errno::INVAL),
+            Handle::Dir(_) => return Err(Errno::ISDIR),
         }
         Ok(())
     }
@@ -353,6 +412,7 @@ impl Filesystem for ServeFs {
                 f.write(data, offset, &Self::caller(req, flags)).map(|n| n as u32).map_err(kerr)
             }
             Handle::Text(_) => Err(Errno::ACCESS),
+            Handle::Dir(_) => Err(Errno::ISDIR),
             Handle::Control(c) => {
                 control::write(&self.sys, c, data).map_err(kerr)?;
                 // The names this write removed are forgotten before it returns.
@@ -381,11 +441,18 @@ impl Filesystem for ServeFs {
         Ok(())
     }
 
+    fn opendir(&self, _req: &Req<'_>, ino: u64, _flags: u32) -> Result<Opened, Errno> {
+        match self.resolve_ino(ino)?.1 {
+            Obj::Dir { .. } => Ok(Opened { fh: self.add_handle(Handle::Dir(Mutex::default())), flags: 0 }),
+            _ => Err(Errno::NOTDIR),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Req<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: u64,
         out: &mut DirBuf<'_>,
     ) -> Result<(), Errno> {
@@ -393,24 +460,20 @@ impl Filesystem for ServeFs {
         if !matches!(obj, Obj::Dir { .. }) {
             return Err(Errno::NOTDIR);
         }
-        let parent = split(&path);
-        let parent_path =
-            if parent.is_empty() { String::new() } else { parent[..parent.len() - 1].join("/") };
-        let dot = |o: Obj| o;
-        let mut entries: Vec<(String, String, Obj)> = vec![
-            (".".into(), path.clone(), dot(obj.clone())),
-            (
-                "..".into(),
-                parent_path.clone(),
-                tree::resolve(&self.sys, &split(&parent_path)).unwrap_or(obj.clone()),
-            ),
-        ];
-        entries.extend(
-            tree::children(&self.sys, &parent).into_iter().map(|(n, o)| (n.clone(), join(&path, &n), o)),
-        );
-        for (i, (name, p, o)) in entries.into_iter().enumerate().skip(offset as usize) {
+        let handle = self.handle(fh)?;
+        let Handle::Dir(listing) = &*handle else { return Err(Errno::BADF) };
+        let entries = {
+            let mut l = listing.lock().unwrap_or_else(|e| e.into_inner());
+            // Offset 0: opendir, or rewinddir. Anything else resumes the
+            // listing taken then.
+            if offset == 0 || l.is_empty() {
+                *l = Arc::new(self.list(&path, obj));
+            }
+            l.clone()
+        };
+        for (i, (name, p, o)) in entries.iter().enumerate().skip(offset as usize) {
             let plus = out.is_plus() && name != "." && name != "..";
-            let e = self.entry(&p, &o, plus);
+            let e = self.entry(p, o, plus);
             if !out.add(&e, i as u64 + 1, name.as_bytes()) {
                 if plus {
                     // Not sent: undo the lookup it counted.
@@ -420,6 +483,38 @@ impl Filesystem for ServeFs {
             }
         }
         Ok(())
+    }
+
+    fn releasedir(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
+        self.handles.shard(fh).remove(&fh);
+        Ok(())
+    }
+
+    fn mknod(&self, _: &Req<'_>, _: u64, _: &[u8], _: u32, _: u32) -> Result<Entry, Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn mkdir(&self, _: &Req<'_>, _: u64, _: &[u8], _: u32) -> Result<Entry, Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn symlink(&self, _: &Req<'_>, _: u64, _: &[u8], _: &[u8]) -> Result<Entry, Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn unlink(&self, _: &Req<'_>, _: u64, _: &[u8]) -> Result<(), Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn rmdir(&self, _: &Req<'_>, _: u64, _: &[u8]) -> Result<(), Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn rename(&self, _: &Req<'_>, _: u64, _: &[u8], _: u64, _: &[u8], _: u32) -> Result<(), Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn link(&self, _: &Req<'_>, _: u64, _: u64, _: &[u8]) -> Result<Entry, Errno> {
+        Err(NAMESPACE_FIXED)
+    }
+    fn create(&self, _: &Req<'_>, _: u64, _: &[u8], _: u32, _: u32) -> Result<(Entry, Opened), Errno> {
+        // open(O_CREAT) of a new name: what the VFS answers for a
+        // directory without `create` (sysfs).
+        Err(Errno::ACCESS)
     }
 
     fn ioctl(

@@ -14,7 +14,7 @@ pub const ROOT: u64 = 1;
 
 struct Inode {
     path: String,
-    id: usize,
+    id: u64,
     lookups: u64,
 }
 
@@ -45,19 +45,19 @@ impl Inodes {
     }
 
     /// The path and object identity of `ino`.
-    pub fn get(&self, ino: u64) -> Option<(String, usize)> {
+    pub fn get(&self, ino: u64) -> Option<(String, u64)> {
         self.lock().by_ino.get(&ino).map(|i| (i.path.clone(), i.id))
     }
 
     /// The inode of `path` if it is known and stands for object `id`.
-    pub fn peek(&self, path: &str, id: usize) -> Option<u64> {
+    pub fn peek(&self, path: &str, id: u64) -> Option<u64> {
         let t = self.lock();
         t.by_path.get(path).copied().filter(|ino| t.by_ino.get(ino).is_some_and(|i| i.id == id))
     }
 
     /// Counts one kernel lookup of `path` (object `id`); returns its inode,
     /// a new one if the path now names another object.
-    pub fn lookup(&self, path: &str, id: usize) -> u64 {
+    pub fn lookup(&self, path: &str, id: u64) -> u64 {
         let mut t = self.lock();
         if let Some(&ino) = t.by_path.get(path) {
             if let Some(i) = t.by_ino.get_mut(&ino) {
@@ -76,7 +76,7 @@ impl Inodes {
 
     /// The inode number a directory listing shows for `path` (no lookup is
     /// counted: a known inode's, or a fresh number the kernel will look up).
-    pub fn listing(&self, path: &str, id: usize) -> u64 {
+    pub fn listing(&self, path: &str, id: u64) -> u64 {
         self.peek(path, id).unwrap_or(u64::MAX)
     }
 

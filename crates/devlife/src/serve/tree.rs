@@ -36,35 +36,41 @@ pub enum Control {
 }
 
 /// What a path names.
+///
+/// Every object carries the identity of what it stands for (a device, a
+/// driver registration, a node, a debugfs entry; 0 for the fixed
+/// structure, which is never removed), from the driver core's identities,
+/// which are never reused: an inode looked up for one object never
+/// matches another made later at the same path, including the files of a
+/// device directory (`uevent`, the `driver` link) and a driver's `bind`.
 #[derive(Clone)]
 #[allow(missing_docs)]
 pub enum Obj {
-    /// A directory; `id` identifies what it lists (0: fixed structure).
-    Dir { id: usize, mode: u32 },
+    /// A directory.
+    Dir { id: u64, mode: u32 },
     /// `dev/<node>`.
     DevNode(DevNode),
     /// A device attribute.
     Attr { node: NodeRef, mode: u32 },
     /// A debugfs file.
     Debug(Dentry),
-    /// Generated text (uevent, class `dev`).
-    Text(String),
-    /// A control file.
-    Control(Control),
-    /// A symbolic link.
-    Symlink(String),
+    /// Generated text (uevent, class `dev`) of object `owner`.
+    Text { text: String, owner: u64 },
+    /// A control file of object `owner`.
+    Control { c: Control, owner: u64 },
+    /// A symbolic link of object `owner`.
+    Symlink { target: String, owner: u64 },
 }
 
 impl Obj {
-    /// Identifies the object behind the path, so that an inode of a removed
-    /// object never reaches a new one at the same path.
-    pub fn id(&self) -> usize {
+    /// The identity of the object behind the path.
+    pub fn id(&self) -> u64 {
         match self {
             Obj::Dir { id, .. } => *id,
             Obj::DevNode(n) => n.node.id(),
             Obj::Attr { node, .. } => node.id(),
             Obj::Debug(d) => d.id(),
-            Obj::Text(_) | Obj::Control(_) | Obj::Symlink(_) => 0,
+            Obj::Text { owner, .. } | Obj::Control { owner, .. } | Obj::Symlink { owner, .. } => *owner,
         }
     }
 }
@@ -75,6 +81,10 @@ fn dir() -> Obj {
 
 fn device_dir(d: &Device) -> Obj {
     Obj::Dir { id: d.id(), mode: 0o755 }
+}
+
+fn driver_dir(bus: &devlife_core::Bus, drv: &str) -> Option<Obj> {
+    bus.driver_id(drv).map(|id| Obj::Dir { id, mode: 0o755 })
 }
 
 fn debug_obj(d: Dentry) -> Obj {
@@ -91,42 +101,38 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
         ["sys", "bus", bus, ctl @ ("new_device" | "delete_device")] if *bus == SIM_BUS => {
             sys.bus(bus)?;
             let bus = (*bus).to_owned();
-            Some(Obj::Control(if *ctl == "new_device" {
-                Control::NewDevice { bus }
-            } else {
-                Control::DeleteDevice { bus }
-            }))
+            let c =
+                if *ctl == "new_device" { Control::NewDevice { bus } } else { Control::DeleteDevice { bus } };
+            // Buses are never unregistered: their files are fixed structure.
+            Some(Obj::Control { c, owner: 0 })
         }
         ["sys", "bus", bus, "devices", dev] => sys.bus(bus)?.device(dev).map(|d| device_dir(&d)),
         ["sys", "bus", bus, "devices", dev, file] => {
             let d = sys.bus(bus)?.device(dev)?;
+            let owner = d.id();
             match *file {
-                "uevent" => Some(Obj::Text(d.uevent())),
-                "driver" => d.driver_name().map(|drv| Obj::Symlink(format!("../../drivers/{drv}"))),
+                "uevent" => Some(Obj::Text { text: d.uevent(), owner }),
+                "driver" => {
+                    d.driver_name().map(|drv| Obj::Symlink { target: format!("../../drivers/{drv}"), owner })
+                }
                 attr => {
                     let mode = d.attrs().into_iter().find(|(n, _)| n == attr)?.1;
                     Some(Obj::Attr { node: d.attr(attr)?, mode })
                 }
             }
         }
-        ["sys", "bus", bus, "drivers", drv] => {
-            let b = sys.bus(bus)?;
-            b.drivers().iter().any(|d| d == drv).then(dir)
-        }
+        ["sys", "bus", bus, "drivers", drv] => driver_dir(&sys.bus(bus)?, drv),
         ["sys", "bus", bus, "drivers", drv, file] => {
             let b = sys.bus(bus)?;
-            if !b.drivers().iter().any(|d| d == drv) {
-                return None;
-            }
+            let owner = b.driver_id(drv)?;
             let (bus, driver) = ((*bus).to_owned(), (*drv).to_owned());
             match *file {
-                "bind" => Some(Obj::Control(Control::Bind { bus, driver })),
-                "unbind" => Some(Obj::Control(Control::Unbind { bus, driver })),
-                dev => b
-                    .driver_devices(drv)
-                    .iter()
-                    .any(|d| d == dev)
-                    .then(|| Obj::Symlink(format!("../../devices/{dev}"))),
+                "bind" => Some(Obj::Control { c: Control::Bind { bus, driver }, owner }),
+                "unbind" => Some(Obj::Control { c: Control::Unbind { bus, driver }, owner }),
+                dev => {
+                    let d = b.device(dev).filter(|d| d.driver_name().as_deref() == Some(drv))?;
+                    Some(Obj::Symlink { target: format!("../../devices/{dev}"), owner: d.id() })
+                }
             }
         }
         ["sys", "class", class] => (!sys.class_nodes(class).is_empty()).then(dir),
@@ -136,7 +142,7 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
         }
         ["sys", "class", class, node, "dev"] => {
             let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
-            Some(Obj::Text(format!("{}\n", n.devt)))
+            Some(Obj::Text { text: format!("{}\n", n.devt), owner: n.node.id() })
         }
         ["debug", rest @ ..] => sys.debugfs().lookup(&rest.join("/")).map(debug_obj),
         _ => None,
@@ -164,9 +170,10 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             .bus(bus)
             .map(|b| b.devices().iter().map(|d| (d.name().to_owned(), device_dir(d))).collect())
             .unwrap_or_default(),
-        ["sys", "bus", bus, "drivers"] => {
-            sys.bus(bus).map(|b| b.drivers().into_iter().map(|d| (d, dir())).collect()).unwrap_or_default()
-        }
+        ["sys", "bus", bus, "drivers"] => sys
+            .bus(bus)
+            .map(|b| b.drivers().into_iter().filter_map(|d| driver_dir(&b, &d).map(|o| (d, o))).collect())
+            .unwrap_or_default(),
         ["sys", "bus", bus, "devices", dev] => {
             let Some(d) = sys.bus(bus).and_then(|b| b.device(dev)) else { return Vec::new() };
             let mut names = vec!["uevent".to_owned()];
