@@ -2,7 +2,7 @@
 //! device nodes until the deadline, reporting what they saw.
 
 use super::rng::Rng;
-use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_WAIT};
+use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_UNBIND_SELF, XYZ_IOC_WAIT};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -78,6 +78,11 @@ fn ioctl_wait(fd: impl AsFd) -> Result<(), Errno> {
     unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_WAIT.raw() }>::new()) }
 }
 
+fn ioctl_unbind_self(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: _IO('X', 5): no argument memory.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_UNBIND_SELF.raw() }>::new()) }
+}
+
 fn one_op(fd: &OwnedFd, rng: &mut Rng, t: &Tally) {
     let mut buf = [0u8; 64];
     match rng.below(100) {
@@ -92,6 +97,8 @@ fn one_op(fd: &OwnedFd, rng: &mut Rng, t: &Tally) {
         50..=69 => t.result("count", ioctl_count(fd).map(drop)),
         70..=79 => t.result("hold", ioctl_hold(fd, rng.below(MAX_HOLD_MS + 1) as u32)),
         80..=84 => t.result("wait", ioctl_wait(fd)),
+        // Rare: the device goes with it (the chaos thread brings it back).
+        85 if rng.pct(10) => t.result("unbind_self", ioctl_unbind_self(fd)),
         _ => {
             use rustix::event::{PollFd, PollFlags, Timespec};
             let mut fds = [PollFd::new(fd, PollFlags::IN | PollFlags::OUT)];

@@ -13,11 +13,21 @@
 //!   operations that hung past 10 s;
 //! * leaked_files: files still open in the server once every client is gone;
 //! * errors: errno values a client saw that the removal tables do not allow
-//!   at that moment.
+//!   at that moment;
+//! * stuck: client threads seen in uninterruptible sleep (`D`) for more
+//!   than 5 s, and clients that outlived a SIGKILL by 10 s;
+//! * namespace: handles that reached a device re-created in place of
+//!   theirs, and listings that skipped or repeated an entry (the chaos
+//!   thread's namespace churn, `namespace.rs`).
+//!
+//! Clients also unbind their own device from inside its handler
+//! (`XYZ_IOC_UNBIND_SELF`), several at once.
 
 pub mod client;
 pub mod leaks;
+mod namespace;
 mod rng;
+pub mod stuck;
 
 use client::{MAX_HOLD_MS, NODES};
 use rng::Rng;
@@ -97,6 +107,9 @@ struct Chaos {
     removals: AtomicU64,
     slow: AtomicU64,
     slowest_us: AtomicU64,
+    /// Namespace checks run, and what they found wrong.
+    namespace_checks: AtomicU64,
+    namespace: Mutex<Vec<String>>,
 }
 
 /// One random action on the tree. Errors that only say "not in that state
@@ -104,6 +117,20 @@ struct Chaos {
 fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
     let node = NODES[rng.below(NODES.len() as u64) as usize];
     let drv = dir.join("sys/bus/sim/drivers/xyz");
+    // Namespace churn, now and then.
+    let bad = match rng.below(200) {
+        0..=1 => Some(namespace::handles_across_recreation(dir)),
+        2 => Some(namespace::listing_while_changing(dir, rng.below(40))),
+        _ => None,
+    };
+    if let Some(bad) = bad {
+        c.namespace_checks.fetch_add(1, Ordering::Relaxed);
+        for b in &bad {
+            eprintln!("torture: namespace: {b}");
+        }
+        c.namespace.lock().unwrap_or_else(|p| p.into_inner()).extend(bad);
+        return;
+    }
     let (path, text, removal) = match rng.below(100) {
         // Weighted so that devices exist most of the time: a removal is
         // followed, on average, by its undoing.
@@ -188,6 +215,10 @@ fn torture(o: &Opts) -> Result<bool, String> {
         })
         .collect::<Result<_, _>>()?;
     let pids: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(clients.iter().map(Child::id).collect()));
+    let watch = stuck::Watch::start();
+    for c in &clients {
+        watch.add(c.id());
+    }
 
     // Signals: interrupt a random client every few milliseconds, until all
     // clients are gone (a client blocked past the deadline is freed so).
@@ -210,7 +241,13 @@ fn torture(o: &Opts) -> Result<bool, String> {
     };
 
     // Chaos until the deadline.
-    let chaos = Chaos { removals: AtomicU64::new(0), slow: AtomicU64::new(0), slowest_us: AtomicU64::new(0) };
+    let chaos = Chaos {
+        removals: AtomicU64::new(0),
+        slow: AtomicU64::new(0),
+        slowest_us: AtomicU64::new(0),
+        namespace_checks: AtomicU64::new(0),
+        namespace: Mutex::default(),
+    };
     let mut rng = Rng::new(seed ^ 0xC4A05);
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
     while Instant::now() < deadline {
@@ -228,7 +265,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
     }
 
     // Collect the clients (hang guard: 30 s past the deadline each).
-    let (mut ops, mut hangs, mut errors) = (0u64, 0u64, 0u64);
+    let (mut ops, mut hangs, mut errors, mut survived_kill) = (0u64, 0u64, 0u64, 0u64);
     for mut c in clients {
         let out = c.stdout.take();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -257,10 +294,12 @@ fn torture(o: &Opts) -> Result<bool, String> {
             Err(_) => {
                 hangs += 1;
                 eprintln!("torture: a client did not finish 30 s after the deadline");
-                let _ = c.kill();
             }
         }
-        let _ = c.wait();
+        if !stuck::kill_and_reap(&mut c, Duration::from_secs(10)) {
+            survived_kill += 1;
+            eprintln!("torture: client {} outlived SIGKILL by 10 s", c.id());
+        }
         pids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != c.id());
     }
     signalling.store(false, Ordering::Relaxed);
@@ -285,10 +324,18 @@ fn torture(o: &Opts) -> Result<bool, String> {
         .unwrap_or(0)
         .saturating_sub(base.get("violations").copied().unwrap_or(0));
     let slow = chaos.slow.load(Ordering::Relaxed);
-    let violations = epoch + slow + hangs;
+    let stuck_threads = watch.stuck();
+    for s in &stuck_threads {
+        eprintln!("torture: stuck in D: {s}");
+    }
+    let stuck = stuck_threads.len() as u64 + survived_kill;
+    let namespace = chaos.namespace.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+    let violations = epoch + slow + hangs + stuck + namespace;
     let removals = chaos.removals.load(Ordering::Relaxed);
     eprintln!(
-        "torture: detail: epoch_violations={epoch} slow_removals={slow} hangs={hangs} slowest_removal_us={} opens={} releases={}",
+        "torture: detail: epoch_violations={epoch} slow_removals={slow} hangs={hangs} stuck={stuck} \
+         namespace_violations={namespace} namespace_checks={} slowest_removal_us={} opens={} releases={}",
+        chaos.namespace_checks.load(Ordering::Relaxed),
         chaos.slowest_us.load(Ordering::Relaxed),
         now.get("opens").copied().unwrap_or(0),
         now.get("releases").copied().unwrap_or(0),

@@ -1,0 +1,192 @@
+//! What the served-tree tests share: a `devlife serve` of their own on a
+//! fresh mount, and the system calls they make on it.
+
+#![allow(dead_code)] // each test crate uses part of it
+
+use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_WAIT};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && (rustix::process::getuid().is_root() || Command::new("fusermount3").arg("-V").output().is_ok());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FUSE is not available, and CI=true requires it"
+        );
+        eprintln!("skipped: FUSE is not available here (no /dev/fuse or fusermount3)");
+    }
+    ok
+}
+
+/// `--io-uring` for the transport under test: `DEVLIFE_TEST_TRANSPORT` is
+/// `io-uring` (required: `on`) or `dev-fuse` (`off`); unset, `auto`.
+/// `scripts/test-all` runs these tests once with each.
+pub fn transport_args() -> [&'static str; 2] {
+    match std::env::var("DEVLIFE_TEST_TRANSPORT").as_deref() {
+        Ok("io-uring") => ["--io-uring", "on"],
+        Ok("dev-fuse") => ["--io-uring", "off"],
+        Ok(other) => panic!("DEVLIFE_TEST_TRANSPORT={other:?}: expected io-uring or dev-fuse"),
+        Err(_) => ["--io-uring", "auto"],
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Option<Server> {
+        if !fuse_available() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "devlife-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Self::start_at(&dir, extra))
+    }
+
+    pub fn start_at(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_devlife"))
+            .arg("serve")
+            .arg("--mount")
+            .arg(dir)
+            .args(transport_args())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("server printed nothing in 60 s");
+        let dir = std::fs::canonicalize(dir).unwrap();
+        assert_eq!(line.trim_end(), format!("ready {}", dir.display()), "exactly one ready line");
+        let stderr = child.stderr.take();
+        Server { child, dir, stderr }
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn open(&self, rel: &str) -> OwnedFd {
+        rustix::fs::open(self.p(rel), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> Result<(), Errno> {
+        let fd = rustix::fs::open(self.p(rel), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::io::write(&fd, text.as_bytes()).map(drop)
+    }
+
+    /// One snapshot of `debug/devlife/stats` (the read is itself an open).
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        let s = std::fs::read_to_string(self.p("debug/devlife/stats")).unwrap();
+        s.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_owned(), v.parse().unwrap())).collect()
+    }
+
+    pub fn stat_line(&self, name: &str) -> u64 {
+        self.stats()[name]
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+
+    /// SIGTERM, and the exit status (hang guard: 60 s).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+            .expect("server did not exit within 60 s of SIGTERM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(rustix::process::Signal::KILL);
+            let _ = self.child.wait();
+        }
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).stderr(Stdio::null()).status();
+    }
+}
+
+pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5)); // polling a child: not an outcome
+    }
+    None
+}
+
+pub fn count(fd: impl AsFd) -> Result<u64, Errno> {
+    // SAFETY: XYZ_IOC_COUNT is _IOR('X', 1, u64): the kernel writes 8 bytes
+    // into the `Getter`'s buffer, which is a u64.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Getter::<{ XYZ_IOC_COUNT.raw() }, u64>::new()) }
+}
+
+pub fn hold(fd: impl AsFd, ms: u32) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_HOLD is _IOW('X', 2, u32): the kernel reads 4 bytes
+    // from the `Setter`'s u32.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Setter::<{ XYZ_IOC_HOLD.raw() }, u32>::new(ms)) }
+}
+
+pub fn wait_ioctl(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: XYZ_IOC_WAIT is _IO('X', 3): no argument memory is touched.
+    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_WAIT.raw() }>::new()) }
+}
+
+pub fn read(fd: impl AsFd, n: usize) -> Result<Vec<u8>, Errno> {
+    let mut b = vec![0u8; n];
+    let got = rustix::io::read(fd, &mut b)?;
+    b.truncate(got);
+    Ok(b)
+}
+
+pub fn poll_now(
+    fd: impl AsFd,
+    events: rustix::event::PollFlags,
+    timeout_ms: i32,
+) -> rustix::event::PollFlags {
+    let mut fds = [rustix::event::PollFd::new(&fd, events)];
+    let ts = rustix::event::Timespec {
+        tv_sec: (timeout_ms / 1000) as i64,
+        tv_nsec: ((timeout_ms % 1000) as i64) * 1_000_000,
+    };
+    rustix::event::poll(&mut fds, Some(&ts)).unwrap();
+    fds[0].revents()
+}
+
+/// Yields until `f` holds; 60 s hang guard.
+pub fn until(mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(60), "condition never held");
+        std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
+    }
+}
