@@ -107,6 +107,8 @@ fn create_modules_file(sys: &System) -> devlife_core::Result<()> {
                     Err(devlife_core::Error::Exists(_)) => Err(Errno::EEXIST),
                     Err(e) => Err(Errno::from(e)),
                 },
+                // No such module (delete_module(2) and modprobe say so).
+                Some(("rmmod" | "modprobe", _)) => Err(Errno::ENOENT),
                 _ => Err(Errno::EINVAL),
             }
         },
