@@ -142,6 +142,9 @@ pub(crate) struct Shared<F> {
     /// Every transport thread, for [`Session::wait`].
     threads: AtomicUsize,
     ended: AtomicBool,
+    /// Called once when the connection ends (to wake threads that wait for
+    /// something else than the connection).
+    on_end: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     exited: Mutex<()>,
     all_exited: Condvar,
 }
@@ -175,9 +178,24 @@ impl<F: Filesystem> Shared<F> {
         true
     }
 
+    /// Calls `f` when the connection ends.
+    pub(crate) fn on_end(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.on_end.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// The connection is gone (unmounted and released, or aborted).
     pub(crate) fn end(&self) {
-        self.ended.store(true, Ordering::Release);
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            let hooks = std::mem::take(&mut *self.on_end.lock().unwrap_or_else(|e| e.into_inner()));
+            for h in hooks {
+                h();
+            }
+        }
         let _g = self.exited.lock().unwrap_or_else(|e| e.into_inner());
         self.all_exited.notify_all();
     }
@@ -219,6 +237,7 @@ impl<F: Filesystem> Session<F> {
             stats,
             threads: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
+            on_end: Mutex::default(),
             exited: Mutex::new(()),
             all_exited: Condvar::new(),
         });

@@ -43,7 +43,9 @@ pub fn transport_args() -> [&'static str; 2] {
 pub struct Server {
     pub child: Child,
     pub dir: PathBuf,
-    pub stderr: Option<std::process::ChildStderr>,
+    /// Everything the server wrote to stderr so far (read by a thread of
+    /// its own: a pipe nobody reads would block a server that logs).
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -81,7 +83,18 @@ impl Server {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("server printed nothing in 60 s");
         let dir = std::fs::canonicalize(dir).unwrap();
         assert_eq!(line.trim_end(), format!("ready {}", dir.display()), "exactly one ready line");
-        let stderr = child.stderr.take();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let log = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
         Server { child, dir, stderr }
     }
 

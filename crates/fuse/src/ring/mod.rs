@@ -25,10 +25,34 @@
 //! `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also makes its entry
 //! available again. A worker that takes a request while no other worker of
 //! its queue is idle starts another first (up to `max_workers` per queue),
-//! so blocked handlers never stop a queue. Workers exit only when the
-//! connection ends: the kernel has no command that withdraws an entry, and
-//! an entry whose ring were closed could be handed a request nobody would
-//! answer.
+//! so blocked handlers never stop a queue.
+//!
+//! # Retiring workers: the keeper
+//!
+//! The kernel has no command that withdraws an entry, and a worker cannot
+//! leave while its entry is available: closing its ring could race a
+//! request being handed to the entry, which nobody would then answer (on
+//! Linux 6.18 the request stays with the entry, its caller waiting until
+//! the connection ends). But a worker that has just handled a request holds
+//! an entry the kernel has handed out: it may pass the reply to another
+//! ring to commit, and the kernel (which finds the entry by the request's
+//! unique id) binds the entry to that ring. So each queue has a *keeper*
+//! ([`keeper`]), a thread with a ring of its own that never runs a
+//! handler: a worker that finishes a request while enough other workers of
+//! its queue are idle hands its entry and reply to the keeper and exits,
+//! with no command outstanding on its ring. The keeper commits the reply;
+//! the entry stays registered, available on the keeper's ring. A request
+//! the kernel later hands to one of the keeper's entries goes to a new
+//! thread (the keeper must not block), which handles it and commits it on a
+//! ring of its own, becoming a worker. Entries are memory; only threads
+//! are given back. After a flood of blocked readers, the queue's threads
+//! fall back to the busy ones plus [`IDLE_KEEP`] idle.
+//!
+//! The kernel hands a request to the entry made available last, so an
+//! idle worker deep in that stack may wait a long time for a request; it
+//! counts as idle, but not as *recently* idle, which is what the decision
+//! to retire counts (otherwise a worker would hand its entry to the keeper
+//! after every request and the queue's hot path would pay a thread start).
 //!
 //! # Kicks
 //!
@@ -67,19 +91,22 @@
 //! a probe ([`signal_pending`]) that the handler's first sleep runs. Only
 //! requests that sleep pay for it, once.
 
+mod keeper;
+
 use crate::abi::uring::{self, CmdReq, ReqHeader};
 use crate::buf::PageBuf;
 use crate::decode::decode_ring;
-use crate::dispatch::{Via, decode_errno, process};
+use crate::dispatch::{Context, Via, decode_errno, process};
 use crate::fs::Filesystem;
 use crate::session::Shared;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::io::Errno;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Workers each queue starts with. A client's request, the `RELEASE` the
@@ -87,6 +114,13 @@ use zerocopy::{FromBytes, IntoBytes};
 /// often in flight on one CPU at once; with one worker spare a queue then
 /// rarely grows (and never shrinks, see "Workers and entries").
 const INITIAL_WORKERS: usize = 4;
+
+/// Idle workers a queue keeps: a worker that finishes a request while this
+/// many others have been idle recently retires (see "Retiring workers").
+const IDLE_KEEP: usize = INITIAL_WORKERS;
+
+/// How recently a worker must have begun waiting to count as recently idle.
+const RECENTLY_IDLE: Duration = Duration::from_millis(50);
 
 /// How long `start` waits for the first registrations.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,8 +139,89 @@ struct Queue {
     qid: u16,
     /// The CPU its workers are pinned to, if this process may run there.
     cpu: Option<usize>,
+    /// Entries that take a request without a new registration: idle
+    /// workers' and the keeper's. The take that leaves none grows the queue.
+    spare: AtomicUsize,
+    /// Workers waiting for a request.
     idle: AtomicUsize,
+    /// Worker threads (with a ring and an entry).
     workers: AtomicUsize,
+    /// When each worker began its current wait (ms since `t0`, plus one; 0
+    /// while it is not waiting), for the decision to retire.
+    waiting: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Workers marked waiting in `waiting` (from the decision to stay to
+    /// the end of their wait).
+    marked: AtomicUsize,
+    t0: Instant,
+    keeper: keeper::Keeper,
+}
+
+impl Queue {
+    fn now_ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a worker that has just handled a request stays, rather than
+    /// hand its entry to the keeper and exit: it stays unless at least
+    /// [`IDLE_KEEP`] other workers began waiting within [`RECENTLY_IDLE`].
+    /// A worker that stays is marked waiting under the same lock, so that
+    /// workers finishing together do not all stay.
+    fn stays(&self, me: &WaitSlot) -> bool {
+        if self.marked.load(Ordering::Relaxed) < IDLE_KEEP || !self.keeper.is_running() {
+            me.mark(self.now_ms());
+            return true;
+        }
+        let now = self.now_ms();
+        let recent = RECENTLY_IDLE.as_millis() as u64;
+        let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let others = waiting
+            .iter()
+            .filter(|w| !Arc::ptr_eq(w, &me.slot))
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|&t| t != 0 && now.saturating_sub(t) < recent)
+            .count();
+        if others >= IDLE_KEEP {
+            return false;
+        }
+        me.mark(now);
+        true
+    }
+
+    /// A record of this worker's waits, until it is dropped.
+    fn wait_slot(self: &Arc<Self>) -> WaitSlot {
+        let slot = Arc::new(AtomicU64::new(0));
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).push(slot.clone());
+        WaitSlot { q: self.clone(), slot }
+    }
+}
+
+/// A worker's entry in [`Queue::waiting`].
+struct WaitSlot {
+    q: Arc<Queue>,
+    slot: Arc<AtomicU64>,
+}
+
+impl WaitSlot {
+    /// Marks the worker waiting since `now` (kept if it already is).
+    fn mark(&self, now: u64) {
+        if self.slot.swap(now, Ordering::Relaxed) == 0 {
+            self.q.marked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker's wait is over.
+    fn unmark(&self) {
+        if self.slot.swap(0, Ordering::Relaxed) != 0 {
+            self.q.marked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.unmark();
+        self.q.waiting.lock().unwrap_or_else(PoisonError::into_inner).retain(|s| !Arc::ptr_eq(s, &self.slot));
+    }
 }
 
 /// The transport's state shared by its workers.
@@ -135,12 +250,25 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
     let queues: Vec<Arc<Queue>> = (0..cpus)
         .map(|q| {
             let cpu = allowed.as_ref().is_none_or(|a| a.is_set(q)).then_some(q);
-            Arc::new(Queue { qid: q as u16, cpu, idle: AtomicUsize::new(0), workers: AtomicUsize::new(0) })
+            Ok(Arc::new(Queue {
+                qid: q as u16,
+                cpu,
+                spare: AtomicUsize::new(0),
+                idle: AtomicUsize::new(0),
+                workers: AtomicUsize::new(0),
+                waiting: Mutex::default(),
+                marked: AtomicUsize::new(0),
+                t0: Instant::now(),
+                keeper: keeper::Keeper::new()?,
+            }))
         })
-        .collect();
+        .collect::<std::io::Result<_>>()?;
     {
         let q = queues.clone();
         s.spawn("fuse-kicker", move |s| kicker(s, &q, kick_rx));
+    }
+    for q in &queues {
+        keeper::start(s, &rings, q);
     }
     let (reg_tx, reg_rx) = channel();
     let mut expected = 0;
@@ -226,6 +354,14 @@ struct Entry {
     /// life, as the kernel may read them when it issues the command.
     iov: Box<[Iovec; 2]>,
 }
+
+// SAFETY: an entry is its own memory (`mem`) and the iovecs pointing into
+// it; nothing else refers to them but the kernel, which reaches the memory
+// only inside `io_uring_enter` of the ring the entry is bound to (type
+// invariants). An entry moves between threads only with a reply written
+// and not yet committed (or a request received and not yet handled), when
+// the kernel does not touch it; the thread it moves to commits it.
+unsafe impl Send for Entry {}
 
 /// The payload's offset in an entry's memory.
 const PAYLOAD_AT: usize = 4096;
@@ -325,7 +461,7 @@ fn worker<F: Filesystem>(
         }
         Ok((ring, entry))
     };
-    let (mut ring, mut entry) = match setup() {
+    let (ring, entry) = match setup() {
         Ok(r) => r,
         Err(e) => {
             q.workers.fetch_sub(1, Ordering::AcqRel);
@@ -344,81 +480,189 @@ fn worker<F: Filesystem>(
     if kick {
         let _ = rings.kicks.send(q.qid);
     }
-    serve(s, rings, q, &mut ring, &mut entry);
+    let slot = q.wait_slot();
+    serve(s, rings, q, ring, entry, slot);
 }
 
-/// The worker's loop: wait for a request, handle it, commit the reply.
+/// A new ring for one worker.
+fn new_ring() -> std::io::Result<Ring> {
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .build(2)
+}
+
+/// Handles the request in `entry` and writes its reply there; returns the
+/// request's unique id, to commit the reply with.
+fn handle<F: Filesystem>(cx: &Context<'_, F>, entry: &mut Entry, out: &mut Vec<u8>) -> u64 {
+    let (header, payload) = entry.parts();
+    let commit_id = header.ent.commit_id;
+    let used = (header.ent.payload_sz as usize).min(payload.len());
+    let status = match decode_ring(header, &payload[..used]) {
+        Ok(req) => match process(cx, req, Via::Ring, out) {
+            Some(Ok(())) if out.len() <= payload.len() => Ok(()),
+            Some(Ok(())) => Err(Errno::IO),
+            Some(Err(e)) => Err(e),
+            // Interrupts and forgets never come through a ring.
+            None => Err(Errno::INVAL),
+        },
+        Err(e) => {
+            tracing::warn!("malformed ring request: {e}");
+            Err(decode_errno(&e))
+        }
+    };
+    let body = if status.is_ok() { out.len() } else { 0 };
+    payload[..body].copy_from_slice(&out[..body]);
+    header.ent.payload_sz = body as u32;
+    let oh = crate::abi::OutHeader {
+        len: (16 + body) as u32,
+        error: status.err().map_or(0, |e| -e.raw_os_error()),
+        unique: commit_id,
+    };
+    header.in_out[..16].copy_from_slice(oh.as_bytes());
+    commit_id
+}
+
+/// Writes an error reply `e` to the request in `entry`, unread; returns its
+/// unique id.
+fn refuse(entry: &mut Entry, e: Errno) -> u64 {
+    let (header, _) = entry.parts();
+    let commit_id = header.ent.commit_id;
+    header.ent.payload_sz = 0;
+    let oh = crate::abi::OutHeader { len: 16, error: -e.raw_os_error(), unique: commit_id };
+    header.in_out[..16].copy_from_slice(oh.as_bytes());
+    commit_id
+}
+
+/// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` of request `commit_id` on `q`.
+fn commit_sqe(fd: types::Fd, commit_id: u64, q: &Queue) -> squeue::Entry128 {
+    opcode::UringCmd80::new(fd, uring::CMD_COMMIT_AND_FETCH).cmd(cmd(commit_id, q.qid)).build()
+}
+
+/// Counts a request taken from one of `q`'s entries; grows the queue when
+/// that was its last spare entry.
+fn took<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) {
+    if q.spare.fetch_sub(1, Ordering::AcqRel) == 1 {
+        spawn_worker(s, rings, q, None, true);
+    }
+    s.stats.ring_requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A request the kernel handed to one of the keeper's entries: handled on
+/// this new thread, then committed on a ring of its own (the thread becomes
+/// a worker of the queue), or given back to the keeper if the queue has
+/// idle workers enough.
+fn adopt<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mut entry: Entry) {
+    pin(q);
+    let cx = s.context();
+    let mut out = Vec::new();
+    let commit_id = handle(&cx, &mut entry, &mut out);
+    let slot = q.wait_slot();
+    if !q.stays(&slot) {
+        match q.keeper.retire(entry, commit_id) {
+            Ok(()) => return,
+            Err(e) => entry = e,
+        }
+    }
+    let mut ring = match new_ring() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(
+                "ring queue {}: cannot make a ring for a worker ({e}); the keeper commits",
+                q.qid
+            );
+            if let Err(entry) = q.keeper.retire(entry, commit_id) {
+                // Nowhere to commit: the request stays unanswered until the
+                // connection ends. Only reachable when no ring can be made.
+                tracing::error!("ring queue {}: a reply could not be committed", q.qid);
+                drop(entry);
+            }
+            return;
+        }
+    };
+    let sqe = commit_sqe(types::Fd(s.master.as_raw_fd()), commit_id, q);
+    // SAFETY: the command carries no pointer; the entry it commits is
+    // registered, and its memory moves into this worker's serve loop.
+    if unsafe { ring.submission().push(&sqe) }.is_err() {
+        tracing::error!("ring queue {}: submission queue full", q.qid);
+        return;
+    }
+    q.workers.fetch_add(1, Ordering::AcqRel);
+    s.stats.ring_workers.fetch_add(1, Ordering::Relaxed);
+    serve(s, rings, q, ring, entry, slot);
+    s.stats.ring_workers.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The worker's loop: wait for a request, handle it, commit the reply (or
+/// hand it to the keeper and return, see "Retiring workers"). A commit
+/// already pushed on `ring` is submitted by the first wait.
 fn serve<F: Filesystem>(
     s: &Arc<Shared<F>>,
     rings: &Arc<Rings>,
     q: &Arc<Queue>,
-    ring: &mut Ring,
-    entry: &mut Entry,
+    mut ring: Ring,
+    mut entry: Entry,
+    slot: WaitSlot,
 ) {
     let cx = s.context();
     let fd = types::Fd(s.master.as_raw_fd());
     let mut out = Vec::new();
     loop {
+        q.spare.fetch_add(1, Ordering::AcqRel);
         q.idle.fetch_add(1, Ordering::AcqRel);
+        slot.mark(q.now_ms());
         let r = ring.submit_and_wait(1);
-        let idle = q.idle.fetch_sub(1, Ordering::AcqRel) - 1;
-        match r {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        slot.unmark();
+        q.idle.fetch_sub(1, Ordering::AcqRel);
+        let cqe = match r {
+            Ok(_) => ring.completion().next(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
             Err(e) => {
                 tracing::error!("ring queue {}: io_uring_enter: {e}", q.qid);
-                return;
+                break;
             }
+        };
+        let Some(cqe) = cqe else {
+            // Nothing taken: the entry is still available.
+            q.spare.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        };
+        if cqe.result() != 0 {
+            let e = Errno::from_raw_os_error(-cqe.result());
+            // The connection is over (unmounted, aborted, or torn down).
+            if !matches!(e, Errno::NOTCONN | Errno::CANCELED | Errno::CONNABORTED | Errno::NODEV) {
+                tracing::error!("ring queue {}: request failed: {e}", q.qid);
+            }
+            break;
         }
-        let Some(cqe) = ring.completion().next() else { continue };
-        match cqe.result() {
-            0 => {}
-            r => {
-                let e = Errno::from_raw_os_error(-r);
-                // The connection is over (unmounted, aborted, or torn down).
-                if !matches!(e, Errno::NOTCONN | Errno::CANCELED | Errno::CONNABORTED | Errno::NODEV) {
-                    tracing::error!("ring queue {}: request failed: {e}", q.qid);
+        took(s, rings, q);
+        let commit_id = handle(&cx, &mut entry, &mut out);
+        if !q.stays(&slot) {
+            // No command is outstanding on `ring`: closing it cancels
+            // nothing; the entry goes on with the keeper.
+            match q.keeper.retire(entry, commit_id) {
+                Ok(()) => {
+                    drop(ring);
+                    q.workers.fetch_sub(1, Ordering::AcqRel);
+                    return;
                 }
-                return;
+                Err(e) => entry = e,
             }
         }
-        if idle == 0 {
-            spawn_worker(s, rings, q, None, true);
-        }
-        s.stats.ring_requests.fetch_add(1, Ordering::Relaxed);
-        let (header, payload) = entry.parts();
-        let commit_id = header.ent.commit_id;
-        let used = (header.ent.payload_sz as usize).min(payload.len());
-        let status = match decode_ring(header, &payload[..used]) {
-            Ok(req) => match process(&cx, req, Via::Ring, &mut out) {
-                Some(Ok(())) if out.len() <= payload.len() => Ok(()),
-                Some(Ok(())) => Err(Errno::IO),
-                Some(Err(e)) => Err(e),
-                // Interrupts and forgets never come through a ring.
-                None => Err(Errno::INVAL),
-            },
-            Err(e) => {
-                tracing::warn!("malformed ring request: {e}");
-                Err(decode_errno(&e))
-            }
-        };
-        let body = if status.is_ok() { out.len() } else { 0 };
-        payload[..body].copy_from_slice(&out[..body]);
-        header.ent.payload_sz = body as u32;
-        let oh = crate::abi::OutHeader {
-            len: (16 + body) as u32,
-            error: status.err().map_or(0, |e| -e.raw_os_error()),
-            unique: commit_id,
-        };
-        header.in_out[..16].copy_from_slice(oh.as_bytes());
-        let sqe = opcode::UringCmd80::new(fd, uring::CMD_COMMIT_AND_FETCH).cmd(cmd(commit_id, q.qid)).build();
+        let sqe = commit_sqe(fd, commit_id, q);
         // SAFETY: the command carries no pointer; the entry it commits is
         // the registered one, whose memory lives as long as the worker.
         if unsafe { ring.submission().push(&sqe) }.is_err() {
             tracing::error!("ring queue {}: submission queue full", q.qid);
-            return;
+            break;
         }
     }
+    // The ring first: closing it cancels the entry's command before the
+    // entry's memory is unmapped.
+    drop(ring);
+    drop(entry);
+    q.workers.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Whether thread `tid` has a signal pending that it does not block: the
