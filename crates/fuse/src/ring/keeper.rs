@@ -109,7 +109,7 @@ pub(super) fn start<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &A
 fn push(ring: &mut Ring, sqe: &squeue::Entry128) -> std::io::Result<()> {
     loop {
         // SAFETY: the commands the keeper pushes carry no pointer but the
-        // eventfd read's buffer, which lives as long as the keeper's loop.
+        // eventfd read's buffer, which is never freed (see `run`).
         if unsafe { ring.submission().push(sqe) }.is_ok() {
             return Ok(());
         }
@@ -120,7 +120,10 @@ fn push(ring: &mut Ring, sqe: &squeue::Entry128) -> std::io::Result<()> {
 fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mut ring: Ring) {
     pin(q);
     let fd = types::Fd(s.master.as_raw_fd());
-    let mut counter = Box::new([0u8; 8]);
+    // The eventfd read's buffer, which the kernel may write until the ring's
+    // teardown (asynchronous to closing it) has cancelled the read: leaked,
+    // 8 bytes per queue and connection, so it outlives any such write.
+    let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let wake_read = |buf: &mut [u8; 8]| {
         squeue::Entry128::from(
             opcode::Read::new(types::Fd(q.keeper.wake.as_raw_fd()), buf.as_mut_ptr(), 8)
@@ -131,7 +134,7 @@ fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mu
     // Entries the keeper holds, by slot (the commit's `user_data`).
     let mut slots: Vec<Option<Entry>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut ok = push(&mut ring, &wake_read(&mut counter)).is_ok();
+    let mut ok = push(&mut ring, &wake_read(counter)).is_ok();
     while ok {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -160,7 +163,7 @@ fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mu
                         ok = false;
                     }
                 }
-                if push(&mut ring, &wake_read(&mut counter)).is_err() {
+                if push(&mut ring, &wake_read(counter)).is_err() {
                     ok = false;
                 }
                 continue;

@@ -112,7 +112,7 @@ use zerocopy::{FromBytes, IntoBytes};
 /// Workers each queue starts with. A client's request, the `RELEASE` the
 /// kernel sends behind its `close(2)`, and another process's request are
 /// often in flight on one CPU at once; with one worker spare a queue then
-/// rarely grows (and never shrinks, see "Workers and entries").
+/// rarely grows.
 const INITIAL_WORKERS: usize = 4;
 
 /// Idle workers a queue keeps: a worker that finishes a request while this
@@ -341,12 +341,16 @@ fn spawn_worker<F: Filesystem>(
 ///
 /// # Invariants
 ///
-/// The kernel reads and writes `mem` only inside this worker's
-/// `io_uring_enter` calls: it writes a request while running the worker's
-/// deferred task work (the ring is `DEFER_TASKRUN`, whose task work runs
-/// only when its task waits for completions), and reads a reply while
-/// issuing the worker's `COMMIT_AND_FETCH`. Between a completion and the
-/// next submission the worker has the memory to itself.
+/// The kernel reads and writes `mem` only inside `io_uring_enter` calls of
+/// the ring the entry is bound to (the one its last `REGISTER` or
+/// `COMMIT_AND_FETCH` was submitted on, by the thread that owns it): it
+/// writes a request while running that ring's deferred task work (the
+/// rings are `DEFER_TASKRUN`, whose task work runs only when its task waits
+/// for completions), and reads a reply while issuing its
+/// `COMMIT_AND_FETCH`. Between a completion and the next submission the
+/// entry's holder has the memory to itself, and may give it to another
+/// thread (the keeper, or a thread adopting it). An entry is dropped
+/// (unmapped) only after the ring it is bound to.
 struct Entry {
     mem: PageBuf,
     payload: usize,
@@ -436,11 +440,7 @@ fn worker<F: Filesystem>(
     // The ring is declared before the entry so that it is dropped first:
     // closing it cancels the registration before the memory is unmapped.
     let setup = || -> std::io::Result<(Ring, Entry)> {
-        let mut ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .build(2)?;
+        let mut ring = new_ring()?;
         let mut entry = Entry::new(rings.payload)?;
         let mut sqe = opcode::UringCmd80::new(types::Fd(s.master.as_raw_fd()), uring::CMD_REGISTER)
             .cmd(cmd(0, q.qid))
@@ -448,8 +448,9 @@ fn worker<F: Filesystem>(
             .build();
         set_len(&mut sqe, uring::IOV_SEGS);
         // SAFETY: the command points at `entry.iov` and, through it, at the
-        // entry's memory; both live until this worker returns, after the
-        // ring is dropped.
+        // entry's memory; both are the entry's own, which is dropped only
+        // after the ring it is bound to (type invariants), wherever it
+        // moves.
         unsafe { ring.submission().push(&sqe) }
             .map_err(|_| std::io::Error::other("submission queue full"))?;
         ring.submit()?;
@@ -652,7 +653,7 @@ fn serve<F: Filesystem>(
         }
         let sqe = commit_sqe(fd, commit_id, q);
         // SAFETY: the command carries no pointer; the entry it commits is
-        // the registered one, whose memory lives as long as the worker.
+        // this worker's, dropped only after `ring` (below).
         if unsafe { ring.submission().push(&sqe) }.is_err() {
             tracing::error!("ring queue {}: submission queue full", q.qid);
             break;
