@@ -229,6 +229,19 @@ impl Bus {
 
     fn probe(&self, dev: &Device, entry: &Arc<DriverEntry>) -> Result<()> {
         let sys = self.system()?;
+        {
+            // From inside a handler of the device's binding: bound already,
+            // or its teardown is under way and waits for this very handler
+            // (waiting for the lifecycle lock would wait for itself; see
+            // "Removal from inside").
+            let st = lock(&dev.inner.state);
+            if st.binding.as_ref().is_some_and(|b| crate::node::in_handler_of(b.epoch.id)) {
+                return Err(Error::AlreadyBound(dev.name().to_owned()));
+            }
+            if st.unbinding.is_some_and(crate::node::in_handler_of) {
+                return Err(Error::WouldDeadlock);
+            }
+        }
         let _life = lock(&dev.inner.lifecycle);
         {
             let st = lock(&dev.inner.state);

@@ -58,6 +58,9 @@ impl Permits {
 /// What a handler asks for once it is let go.
 const SELF_UNBIND: u64 = 1;
 const SELF_DELETE: u64 = 2;
+/// Binding its own device again (not a removal, but it waits for the same
+/// lifecycle lock).
+const SELF_BIND: u64 = 3;
 const GO: IoctlCmd = IoctlCmd::io(b'T', 1);
 
 struct Ops {
@@ -81,6 +84,10 @@ impl FileOperations for Ops {
             SELF_DELETE => {
                 let bus = dev.system().and_then(|s| s.bus(dev.bus_name())).ok_or(Errno::ENODEV)?;
                 bus.delete_device(dev.name())
+            }
+            SELF_BIND => {
+                let bus = dev.system().and_then(|s| s.bus(dev.bus_name())).ok_or(Errno::ENODEV)?;
+                bus.bind(dev.name(), "t").map(|()| Unbound::Complete)
             }
             _ => return Err(Errno::EINVAL),
         };
@@ -230,6 +237,32 @@ fn request_while_another_remover_drains_it_returns_at_once() {
             settled(&r);
             assert_eq!(r.removes.load(Ordering::Relaxed), 1, "one teardown");
         }
+    }
+}
+
+#[test]
+fn binding_again_from_inside_never_waits_for_itself() {
+    // Before the binding is taken: bound already. While a remover drains
+    // it: that remover waits for this handler, so the bind cannot wait for
+    // the remover.
+    let r = rig();
+    let node = r.sys.dev_lookup("d0").unwrap().node;
+    let h = inside(&r, SELF_BIND);
+    until(|| node.inside() == 1);
+    r.permits.give();
+    assert_eq!(h.recv_timeout(HANG).expect("the handler returned"), Err(Errno::EBUSY));
+    for how in [Remover::Unbind, Remover::Delete, Remover::UnregisterDriver] {
+        let r = rig();
+        let node = r.sys.dev_lookup("d0").unwrap().node;
+        let h = inside(&r, SELF_BIND);
+        until(|| node.inside() == 1);
+        let outside = remove_from_outside(&r, how);
+        until(|| binding_taken(&r, &node));
+        r.permits.give();
+        let got = h.recv_timeout(HANG).unwrap_or_else(|_| panic!("{how:?}: handler hung"));
+        assert!(matches!(got, Err(Errno::EDEADLK | Errno::ENODEV)), "{how:?}: {got:?}");
+        outside.recv_timeout(HANG).unwrap_or_else(|_| panic!("{how:?}: remover hung"));
+        settled(&r);
     }
 }
 
