@@ -153,6 +153,7 @@ impl Bus {
             st.devices.insert(name.to_owned(), dev.clone());
             st.drivers.values().cloned().collect()
         };
+        tracing::info!(bus = %self.inner.name, device = name, dev_type, "device added");
         if let Some(entry) = drivers.iter().find(|e| e.drv.matches(dev_type)) {
             if let Err(e) = self.probe(&dev, entry) {
                 tracing::warn!(device = name, "device attach: {e}");
@@ -175,6 +176,7 @@ impl Bus {
             Err(Error::NotBound(_)) => Unbound::Complete,
             Err(e) => return Err(e),
         };
+        tracing::info!(bus = %self.inner.name, device = name, "device deleted");
         if let Ok(sys) = self.system() {
             sys.changed(crate::system::Change::DeviceRemoved {
                 bus: self.inner.name.clone(),
@@ -262,6 +264,7 @@ impl Bus {
                 device: dev.name().to_owned(),
             });
         }
+        let started = std::time::Instant::now();
         let epoch = crate::device::Epoch::new(sys.next_binding_id());
         let devres = Arc::new(Devres::new());
         let bound = Bound { dev, sys: &sys, epoch: &epoch, devres: &devres };
@@ -273,12 +276,20 @@ impl Bus {
             Ok(data) => {
                 lock(&dev.inner.state).binding =
                     Some(crate::device::Binding { epoch, driver: entry.clone(), data, devres });
+                tracing::info!(
+                    bus = %self.inner.name,
+                    device = dev.name(),
+                    driver = entry.drv.name(),
+                    duration = ?started.elapsed(),
+                    "bind"
+                );
                 Ok(())
             }
             Err(errno) => {
                 // Partial unwind: what probe registered, newest first.
                 devres.release_all();
                 epoch.end();
+                tracing::info!(device = dev.name(), driver = entry.drv.name(), %errno, "probe failed");
                 Err(Error::ProbeFailed(dev.name().to_owned(), errno))
             }
         }
@@ -365,8 +376,16 @@ impl Bus {
         };
         let driver = b.driver.drv.name().to_owned();
         let attrs = dev.attrs().into_iter().map(|(n, _)| n).collect();
+        let started = std::time::Instant::now();
         teardown(dev, b, &sys);
         lock(&dev.inner.state).unbinding = None;
+        tracing::info!(
+            bus = %self.inner.name,
+            device = dev.name(),
+            driver = %driver,
+            duration = ?started.elapsed(),
+            "unbind"
+        );
         sys.changed(crate::system::Change::Unbound {
             bus: self.inner.name.clone(),
             name: dev.name().to_owned(),

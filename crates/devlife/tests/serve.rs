@@ -706,3 +706,21 @@ fn bench_device_as_its_peers_serve_it() {
     s.write("sys/bus/sim/drivers/bench/unbind", "bench0").unwrap();
     assert_eq!(read(&fd, 4), Err(Errno::NODEV));
 }
+
+#[test]
+fn debug_logging_shows_requests_and_binds_with_durations() {
+    let Some(s) = Server::start(&["--log", "debug"]) else { return };
+    std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+    until(|| {
+        let log = s.stderr.lock().unwrap();
+        let request =
+            log.lines().any(|l| l.contains("DEBUG") && l.contains("request") && l.contains("op=\"READ\""));
+        let bind = log.lines().any(|l| l.contains("INFO") && l.contains(" bind ") && l.contains("duration="));
+        let unbind = log.lines().any(|l| l.contains(" unbind ") && l.contains("duration="));
+        request && bind && unbind
+    });
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(log.lines().any(|l| l.contains("mounted")), "{log}");
+}

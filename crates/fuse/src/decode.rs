@@ -142,6 +142,43 @@ pub enum Operation<'a> {
 }
 
 impl Operation<'_> {
+    /// The opcode's name, as `fuse.h` spells it (`"READ"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Init { .. } => "INIT",
+            Operation::Destroy => "DESTROY",
+            Operation::Lookup { .. } => "LOOKUP",
+            Operation::Forget(_) => "FORGET",
+            Operation::BatchForget(_) => "BATCH_FORGET",
+            Operation::Getattr(_) => "GETATTR",
+            Operation::Setattr(_) => "SETATTR",
+            Operation::Readlink => "READLINK",
+            Operation::Open(_) => "OPEN",
+            Operation::Read(_) => "READ",
+            Operation::Write { .. } => "WRITE",
+            Operation::Flush(_) => "FLUSH",
+            Operation::Release(_) => "RELEASE",
+            Operation::Opendir(_) => "OPENDIR",
+            Operation::Readdir { plus: false, .. } => "READDIR",
+            Operation::Readdir { plus: true, .. } => "READDIRPLUS",
+            Operation::Releasedir(_) => "RELEASEDIR",
+            Operation::Ioctl { .. } => "IOCTL",
+            Operation::Poll(_) => "POLL",
+            Operation::Interrupt(_) => "INTERRUPT",
+            Operation::Statfs => "STATFS",
+            Operation::Access(_) => "ACCESS",
+            Operation::Mknod { .. } => "MKNOD",
+            Operation::Mkdir { .. } => "MKDIR",
+            Operation::Symlink { .. } => "SYMLINK",
+            Operation::Unlink { .. } => "UNLINK",
+            Operation::Rmdir { .. } => "RMDIR",
+            Operation::Rename { .. } => "RENAME",
+            Operation::Link { .. } => "LINK",
+            Operation::Create { .. } => "CREATE",
+            Operation::Unsupported(_) => "UNSUPPORTED",
+        }
+    }
+
     /// Whether the kernel expects no reply (FORGET and BATCH_FORGET).
     pub fn no_reply(&self) -> bool {
         matches!(self, Operation::Forget(_) | Operation::BatchForget(_))

@@ -145,8 +145,16 @@ pub(crate) fn process<F: Filesystem>(
         interrupt: &src,
         notifier: cx.notifier,
     };
+    let (op, opcode) = (req.op.name(), req.header.opcode);
     let result = dispatch(cx.fs, &r, req.op, out, cx.max_write);
     cx.inflight.end(unique);
+    // libfuse's `-d`, one line a request.
+    match &result {
+        Ok(()) => {
+            tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, reply = out.len(), "request")
+        }
+        Err(e) => tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, error = %e, "request"),
+    }
     (!no_reply).then_some(result)
 }
 

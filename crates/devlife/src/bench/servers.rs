@@ -146,7 +146,7 @@ impl Server {
         match who {
             Contender::Devlife | Contender::DevlifeUngated => {
                 let mut cmd = Command::new(exe);
-                cmd.arg("serve").arg("--mount").arg(&mount);
+                cmd.arg("serve").arg("--log").arg("warn").arg("--mount").arg(&mount);
                 if who == Contender::DevlifeUngated {
                     cmd.arg("--ungated");
                 }

@@ -33,6 +33,29 @@ pub struct Opts {
     /// (`System::ungated`), for measuring what it costs.
     #[arg(long)]
     pub ungated: bool,
+    /// What to log on stderr, as a `RUST_LOG` filter: `info` (the mount,
+    /// every bind, unbind and hot-plug with its duration), `debug` (every
+    /// request with its result, as libfuse's `-d`), `warn`, or per crate
+    /// (`devlife_fuse=debug,info`). Default: `RUST_LOG`, else `info`.
+    #[arg(long)]
+    pub log: Option<String>,
+}
+
+/// Sends `tracing` output to stderr, filtered by `filter` (or `RUST_LOG`,
+/// else `info`).
+pub fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let text =
+        filter.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
+    let f = EnvFilter::try_new(&text).unwrap_or_else(|e| {
+        eprintln!("devlife: log filter {text:?}: {e}; logging at info");
+        EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(f)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// `--io-uring`.
@@ -130,6 +153,7 @@ pub fn run(o: &Opts) -> i32 {
 }
 
 fn serve(o: &Opts) -> Result<(), String> {
+    init_logging(o.log.as_deref());
     let dir = o.mount.clone().unwrap_or_else(default_dir);
     std::fs::create_dir_all(&dir).or_else(|e| {
         // A stale mount makes the directory itself fail with ENOTCONN.
@@ -185,6 +209,7 @@ fn serve(o: &Opts) -> Result<(), String> {
         }
         Transport::DevFuse => eprintln!("devlife serve: /dev/fuse"),
     }
+    tracing::info!(dir = %m.dir().display(), transport = ?session.transport(), "mounted");
     println!("ready {}", m.dir().display());
     let _ = std::io::stdout().flush();
 

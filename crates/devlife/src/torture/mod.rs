@@ -85,6 +85,8 @@ pub(crate) fn start_server(exe: &Path, dir: &Path, io_uring: crate::serve::IoUri
         clap::ValueEnum::to_possible_value(&io_uring).map(|v| v.get_name().to_owned()).unwrap_or_default();
     let mut child = Command::new(exe)
         .arg("serve")
+        .arg("--log")
+        .arg("warn")
         .arg("--mount")
         .arg(dir)
         .arg("--io-uring")
