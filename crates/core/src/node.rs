@@ -49,6 +49,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A removal still waiting for handlers after this long logs a warning.
+const SLOW_REMOVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A gated object with file operations `F`.
 pub(crate) struct Node<F: FileOperations> {
     /// The node's identity ([`NodeRef::id`]).
@@ -312,6 +315,16 @@ impl<F: FileOperations> Node<F> {
     }
 
     fn finish_removal(&self) {
+        // A removal held up by handlers that neither return nor sleep
+        // cancellably says so, once, then goes on waiting.
+        if let Err(devlife_gate::DrainError::TimedOut(stuck)) = self.ops.gate().drain_timeout(SLOW_REMOVAL) {
+            tracing::warn!(
+                node = %self.name,
+                waited = ?SLOW_REMOVAL,
+                %stuck,
+                "removal waits for handlers still running (not in a cancellable wait)"
+            );
+        }
         // Drains: every handler has returned when this returns.
         let (_, ops) = self.ops.revoke_take();
         let files: Vec<_> = std::mem::take(&mut *lock(&self.files)).into_values().collect();

@@ -724,3 +724,17 @@ fn debug_logging_shows_requests_and_binds_with_durations() {
     let log = s.stderr.lock().unwrap().clone();
     assert!(log.lines().any(|l| l.contains("mounted")), "{log}");
 }
+
+#[test]
+fn a_removal_held_up_by_a_handler_says_so() {
+    // A handler that neither returns nor sleeps cancellably (hardware
+    // busy for 1.5 s) holds its removal up; after a second the removal logs
+    // what it waits for, then completes when the handler returns.
+    let Some(s) = Server::start(&["--log", "warn"]) else { return };
+    let fd = s.open("dev/xyz0");
+    let holder = std::thread::spawn(move || hold(&fd, 1500));
+    until(|| s.stat_line("inflight_ops") == 1);
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    assert_eq!(holder.join().unwrap(), Ok(()), "the hold ran to its end");
+    until(|| s.stderr.lock().unwrap().lines().any(|l| l.contains("WARN") && l.contains("removal waits")));
+}
