@@ -257,6 +257,17 @@ impl PollMask {
     pub fn intersects(self, other: PollMask) -> bool {
         self.0 & other.0 != 0
     }
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: PollMask) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOrAssign for PollMask {
+    fn bitor_assign(&mut self, o: PollMask) {
+        self.0 |= o.0;
+    }
 }
 
 impl std::ops::BitOr for PollMask {

@@ -267,10 +267,10 @@ impl FileOperations for XyzIoctlDev {
         let len = lock(&self.ctx.fifo).len();
         let mut m = PollMask::NONE;
         if len > 0 {
-            m = m | PollMask::IN | PollMask::RDNORM;
+            m |= PollMask::IN | PollMask::RDNORM;
         }
         if len < FIFO_SIZE {
-            m = m | PollMask::OUT | PollMask::WRNORM;
+            m |= PollMask::OUT | PollMask::WRNORM;
         }
         m
     }
