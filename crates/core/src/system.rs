@@ -64,6 +64,15 @@ pub struct DevNode {
     pub node: NodeRef,
 }
 
+impl DevNode {
+    /// The class device's `uevent` text (`MAJOR=`, `MINOR=`, `DEVNAME=`
+    /// lines, as `/sys/class/<class>/<name>/uevent`), what udev reads to
+    /// make `/dev/<name>`.
+    pub fn uevent(&self) -> String {
+        format!("MAJOR={}\nMINOR={}\nDEVNAME={}\n", self.devt.major, self.devt.minor, self.name)
+    }
+}
+
 /// A [`System`] handle that does not keep it alive.
 #[derive(Clone)]
 pub struct WeakSystem(Weak<SystemInner>);

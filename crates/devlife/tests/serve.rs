@@ -30,6 +30,11 @@ fn tree_layout() {
     assert_eq!(dev, ["xyz0", "xyz1"]);
     let devt = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
     assert!(devt.ends_with(":0\n"), "{devt:?}");
+    let (major, minor) = devt.trim().split_once(':').unwrap();
+    assert_eq!(
+        std::fs::read_to_string(s.p("sys/class/xyz/xyz0/uevent")).unwrap(),
+        format!("MAJOR={major}\nMINOR={minor}\nDEVNAME=xyz0\n")
+    );
     assert_eq!(
         std::fs::read_to_string(s.p("sys/bus/sim/devices/xyz0/uevent")).unwrap(),
         "DEVTYPE=xyz\nDRIVER=xyz\n"

@@ -6,6 +6,7 @@
 //! sys/bus/<bus>/drivers/<drv>/            bind, unbind (write a device name), <dev> links
 //! sys/bus/sim/new_device, delete_device   hot-plug control
 //! sys/class/<class>/<node>/dev            "MAJOR:MINOR\n"
+//! sys/class/<class>/<node>/uevent         MAJOR=, MINOR=, DEVNAME= lines
 //! debug/...                               debugfs
 //! ```
 //!
@@ -140,9 +141,10 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
             let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
             Some(Obj::Dir { id: n.node.id(), mode: 0o755 })
         }
-        ["sys", "class", class, node, "dev"] => {
+        ["sys", "class", class, node, file @ ("dev" | "uevent")] => {
             let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
-            Some(Obj::Text { text: format!("{}\n", n.devt), owner: n.node.id() })
+            let text = if *file == "dev" { format!("{}\n", n.devt) } else { n.uevent() };
+            Some(Obj::Text { text, owner: n.node.id() })
         }
         ["debug", rest @ ..] => sys.debugfs().lookup(&rest.join("/")).map(debug_obj),
         _ => None,
@@ -201,9 +203,9 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             .into_iter()
             .map(|n| (n.name.clone(), Obj::Dir { id: n.node.id(), mode: 0o755 }))
             .collect(),
-        ["sys", "class", class, node] => resolve(sys, &["sys", "class", class, node, "dev"])
-            .map(|o| ("dev".to_owned(), o))
+        ["sys", "class", class, node] => ["dev", "uevent"]
             .into_iter()
+            .filter_map(|f| resolve(sys, &["sys", "class", class, node, f]).map(|o| (f.to_owned(), o)))
             .collect(),
         ["debug", rest @ ..] => sys
             .debugfs()
