@@ -115,6 +115,47 @@ impl IoctlCmd {
     }
 }
 
+/// One entry of a driver's ioctl table: what client code in C or Python
+/// needs to call it (see [`IoctlCmd::c_macro`]).
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::{IoctlCmd, IoctlDef};
+/// const COUNT: IoctlDef =
+///     IoctlDef { name: "XYZ_IOC_COUNT", cmd: IoctlCmd::ior(b'X', 1, 8), arg: "__u64", doc: "count" };
+/// assert_eq!(COUNT.cmd.c_macro(COUNT.arg), "_IOR('X', 1, __u64)");
+/// assert_eq!(COUNT.cmd.raw(), 0x8008_5801);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoctlDef {
+    /// The command's C name (`XYZ_IOC_COUNT`).
+    pub name: &'static str,
+    /// The command.
+    pub cmd: IoctlCmd,
+    /// The argument's C type (`"__u64"`, or `""` for `_IO`).
+    pub arg: &'static str,
+    /// What it does, one line.
+    pub doc: &'static str,
+}
+
+impl IoctlCmd {
+    /// The `<linux/ioctl.h>` macro that makes this number, given the
+    /// argument's C type (`_IOR('X', 1, __u64)`).
+    pub fn c_macro(self, arg: &str) -> String {
+        let ty = match self.ty() {
+            t @ 0x20..=0x7e if t != b'\'' && t != b'\\' => format!("'{}'", t as char),
+            t => format!("{t:#04x}"),
+        };
+        match (self.dir().is_read(), self.dir().is_write()) {
+            (false, false) => format!("_IO({ty}, {})", self.nr()),
+            (true, false) => format!("_IOR({ty}, {}, {arg})", self.nr()),
+            (false, true) => format!("_IOW({ty}, {}, {arg})", self.nr()),
+            (true, true) => format!("_IOWR({ty}, {}, {arg})", self.nr()),
+        }
+    }
+}
+
 impl fmt::Debug for IoctlCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

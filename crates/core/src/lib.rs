@@ -67,7 +67,7 @@ pub use driver::Driver;
 pub use errno::{Errno, NodeKind};
 pub use error::{Error, Result};
 pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, PollTable};
-pub use ioctl::IoctlCmd;
+pub use ioctl::{IoctlCmd, IoctlDef};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed};
 pub use system::{Change, DevNode, System, WeakSystem};

@@ -36,6 +36,14 @@ enum Cmd {
     /// One client process of `devlife torture` (started by it).
     #[command(hide = true)]
     TortureClient(torture::client::Opts),
+    /// Print a driver's ioctl numbers for client code.
+    Ioctls {
+        /// The driver (`xyz`).
+        driver: String,
+        /// `table` (name, number, C macro), `c` (#defines) or `python`.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -97,6 +105,31 @@ fn exec_without_malloc_caches() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn exec_without_malloc_caches() {}
 
+/// `devlife ioctls DRIVER`: the driver's ioctl table. Returns the exit status.
+fn print_ioctls(driver: &str, format: &str) -> i32 {
+    let table: &[devlife_core::IoctlDef] = match driver {
+        "xyz" => devlife_drivers::xyz::IOCTLS,
+        "bench" => devlife_drivers::bench::IOCTLS,
+        other => {
+            eprintln!("devlife ioctls: no driver {other:?} (xyz, bench)");
+            return 2;
+        }
+    };
+    for d in table {
+        let n = d.cmd.raw();
+        match format {
+            "table" => println!("{:<22} {n:#010x}  {:<24} {}", d.name, d.cmd.c_macro(d.arg), d.doc),
+            "c" => println!("#define {:<22} {:<24} /* {n:#010x}: {} */", d.name, d.cmd.c_macro(d.arg), d.doc),
+            "python" => println!("{} = {n:#010x}  # {}: {}", d.name, d.cmd.c_macro(d.arg), d.doc),
+            other => {
+                eprintln!("devlife ioctls: --format {other:?}: table, c or python");
+                return 2;
+            }
+        }
+    }
+    0
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -107,6 +140,7 @@ fn main() -> ExitCode {
         Cmd::Torture(o) => return ExitCode::from(torture::run(&o) as u8),
         Cmd::Leaks(o) => return ExitCode::from(torture::leaks::run(&o) as u8),
         Cmd::TortureClient(o) => return ExitCode::from(torture::client::run(&o) as u8),
+        Cmd::Ioctls { driver, format } => return ExitCode::from(print_ioctls(&driver, &format) as u8),
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
         Cmd::Bench { which: BenchCmd::Fs(o) } => return ExitCode::from(bench::fs::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Unplug(o) } => return ExitCode::from(bench::unplug::run(&o) as u8),

@@ -15,6 +15,14 @@
 //! with the binding.
 
 use crate::xyz::XYZ_IOC_COUNT;
+
+/// The driver's ioctls, for clients (`devlife ioctls bench`): xyz's count.
+pub const IOCTLS: &[devlife_core::IoctlDef] = &[devlife_core::IoctlDef {
+    name: "XYZ_IOC_COUNT",
+    cmd: XYZ_IOC_COUNT,
+    arg: "__u64",
+    doc: "increment the count, return it",
+}];
 use devlife_core::debugfs::{Dentry, devm_create_dir};
 use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
 use devlife_core::{Bound, Cdev, DeviceNode, Driver, Errno, System, devm_cdev_device_add};

@@ -37,8 +37,8 @@ use devlife_core::debugfs::{Dentry, devm_create_dir};
 use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
 use devlife_core::gate::{CancellableMutex, WaitQueue};
 use devlife_core::{
-    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, System, Unbound,
-    WeakDevice, devm_cdev_device_add, devm_device_create_file,
+    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
+    Unbound, WeakDevice, devm_cdev_device_add, devm_device_create_file,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +55,30 @@ pub const XYZ_IOC_WAIT: IoctlCmd = IoctlCmd::io(b'X', 3);
 pub const XYZ_IOC_LOCK: IoctlCmd = IoctlCmd::io(b'X', 4);
 /// `_IO('X', 5)`: unbind this device from inside its own handler.
 pub const XYZ_IOC_UNBIND_SELF: IoctlCmd = IoctlCmd::io(b'X', 5);
+/// The driver's ioctls, for clients (`devlife ioctls xyz`).
+pub const IOCTLS: &[IoctlDef] = &[
+    IoctlDef {
+        name: "XYZ_IOC_COUNT",
+        cmd: XYZ_IOC_COUNT,
+        arg: "__u64",
+        doc: "increment the count, return it",
+    },
+    IoctlDef {
+        name: "XYZ_IOC_HOLD",
+        cmd: XYZ_IOC_HOLD,
+        arg: "__u32",
+        doc: "stay busy that many ms (not cancellable)",
+    },
+    IoctlDef { name: "XYZ_IOC_WAIT", cmd: XYZ_IOC_WAIT, arg: "", doc: "sleep until removed or interrupted" },
+    IoctlDef { name: "XYZ_IOC_LOCK", cmd: XYZ_IOC_LOCK, arg: "", doc: "take the hardware lock cancellably" },
+    IoctlDef {
+        name: "XYZ_IOC_UNBIND_SELF",
+        cmd: XYZ_IOC_UNBIND_SELF,
+        arg: "",
+        doc: "unbind the device from inside this handler",
+    },
+];
+
 /// FIFO capacity.
 pub const FIFO_SIZE: usize = 64 * 1024;
 /// The longest `XYZ_IOC_HOLD` accepted, in milliseconds.

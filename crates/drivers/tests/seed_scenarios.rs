@@ -507,3 +507,24 @@ fn s15_torture_loop() {
     let dropped = ev.iter().filter(|e| matches!(e, XyzEvent::ContextDropped(_))).count();
     assert_eq!(probed, dropped);
 }
+
+#[test]
+fn the_ioctl_tables_match_their_commands() {
+    // What `devlife ioctls` prints for clients: each entry's C type has the
+    // size its number encodes, and names are unique.
+    for table in [xyz::IOCTLS, devlife_drivers::bench::IOCTLS] {
+        let mut names = std::collections::HashSet::new();
+        for d in table {
+            assert!(names.insert(d.name), "{} twice", d.name);
+            let size = match d.arg {
+                "" => 0,
+                "__u32" => 4,
+                "__u64" => 8,
+                other => panic!("{}: unknown C type {other}", d.name),
+            };
+            assert_eq!(d.cmd.size(), size, "{}", d.name);
+            assert_eq!(d.cmd.dir() == devlife_core::ioctl::Dir::NONE, size == 0, "{}", d.name);
+        }
+    }
+    assert_eq!(xyz::IOCTLS[0].cmd, XYZ_IOC_COUNT);
+}
