@@ -35,6 +35,8 @@ struct BusInner {
 struct BusState {
     devices: BTreeMap<String, Device>,
     drivers: BTreeMap<String, Arc<DriverEntry>>,
+    /// Device types hot-plug accepts with or without a driver for them.
+    declared: std::collections::BTreeSet<String>,
 }
 
 /// How an unbind ended.
@@ -77,6 +79,22 @@ impl Bus {
     /// Every driver's name.
     pub fn drivers(&self) -> Vec<String> {
         lock(&self.inner.state).drivers.keys().cloned().collect()
+    }
+
+    /// Declares device type `ty`: `new_device` accepts it even when no
+    /// registered driver matches it (the device then stays unbound until
+    /// one is registered).
+    pub fn declare_device_type(&self, ty: &str) -> Result<()> {
+        crate::name::validate(ty)?;
+        lock(&self.inner.state).declared.insert(ty.to_owned());
+        Ok(())
+    }
+
+    /// Whether hot-plug accepts devices of type `ty`: one a registered
+    /// driver matches, or one the bus declares.
+    pub fn accepts(&self, ty: &str) -> bool {
+        let st = lock(&self.inner.state);
+        st.declared.contains(ty) || st.drivers.values().any(|e| e.drv.matches(ty))
     }
 
     /// The identity of the registration of driver `name`: a driver

@@ -157,6 +157,27 @@ impl From<crate::Error> for Errno {
             E::Detached => Errno::ENODEV,
             E::Removed(_) => Errno::ENOENT,
             E::WouldDeadlock => Errno::EDEADLK,
+            E::UnknownType(_) => Errno::EINVAL,
         }
+    }
+}
+
+impl crate::Error {
+    /// What a hot-plug store (`new_device`) answers: as every other
+    /// failure, except a name already taken, which is `EBUSY` (i2c's
+    /// `new_device` answers so for an address in use).
+    pub fn hotplug_errno(self) -> Errno {
+        match self {
+            crate::Error::Exists(_) => Errno::EBUSY,
+            e => Errno::from(e),
+        }
+    }
+}
+
+/// Malformed control-file input (too long, not UTF-8, wrong fields, a bad
+/// name): `EINVAL`, as sysfs stores answer.
+impl From<crate::name::ControlError> for Errno {
+    fn from(_: crate::name::ControlError) -> Errno {
+        Errno::EINVAL
     }
 }

@@ -67,6 +67,10 @@ pub enum Error {
     /// own handlers, where waiting for handlers would wait for itself.
     #[error("removal from inside its own handler")]
     WouldDeadlock,
+    /// A device type no driver of the bus matches and the bus does not
+    /// declare.
+    #[error("no driver of the bus handles device type {0:?}")]
+    UnknownType(String),
 }
 
 /// Result of a driver-core operation.

@@ -54,6 +54,7 @@ mod misc;
 pub mod name;
 mod node;
 pub mod stats;
+pub mod store;
 pub mod system;
 pub mod text;
 

@@ -390,3 +390,20 @@ fn identities_are_never_reused() {
         e.remove();
     }
 }
+
+#[test]
+fn hot_plug_stores_take_the_types_of_the_bus_and_answer_errnos() {
+    use devlife_core::store::{delete_device_store, new_device_store};
+    let sys = System::new();
+    let bus = sys.bus_register("b").unwrap();
+    assert!(!bus.accepts("t"));
+    assert_eq!(new_device_store(&bus, b"t d0\n"), Err(Errno::EINVAL), "no driver handles t");
+    bus.declare_device_type("t").unwrap();
+    assert!(bus.accepts("t"));
+    assert_eq!(new_device_store(&bus, b"t d0\n"), Ok(()));
+    assert_eq!(new_device_store(&bus, b"t d0\n"), Err(Errno::EBUSY), "the name is taken");
+    assert_eq!(new_device_store(&bus, b"t bind"), Err(Errno::EINVAL), "a reserved name");
+    assert_eq!(delete_device_store(&bus, b"nosuch"), Err(Errno::ENODEV));
+    assert_eq!(delete_device_store(&bus, b"d0\n"), Ok(()));
+    assert!(bus.devices().is_empty());
+}

@@ -90,6 +90,9 @@ fn default_dir() -> PathBuf {
     }
 }
 
+/// The sample system's bus.
+pub const SIM_BUS: &str = "sim";
+
 /// Builds the system served by default: bus `sim`, the xyz and bench
 /// drivers, devices `xyz0` and `xyz1`.
 pub fn default_system(uid: u32, gid: u32) -> devlife_core::Result<System> {
@@ -100,7 +103,11 @@ fn build_system(sys: System, uid: u32, gid: u32) -> devlife_core::Result<System>
     sys.set_default_owner(uid, gid);
     devlife_drivers::xyz::register(&sys, None)?;
     devlife_drivers::bench::register(&sys)?;
-    let bus = sys.bus(tree::SIM_BUS).ok_or(devlife_core::Error::NoSuchBus(tree::SIM_BUS.into()))?;
+    let bus = sys.bus(SIM_BUS).ok_or(devlife_core::Error::NoSuchBus(SIM_BUS.into()))?;
+    // Hot-plug takes these types with their driver unloaded too.
+    for ty in ["xyz", "bench"] {
+        bus.declare_device_type(ty)?;
+    }
     for d in ["xyz0", "xyz1"] {
         bus.add_device(d, "xyz")?;
     }
@@ -117,12 +124,12 @@ fn create_modules_file(sys: &System) -> devlife_core::Result<()> {
     let file = TextFile::read_write(
         move || {
             let sys = w1.upgrade().ok_or(Errno::ENODEV)?;
-            let bus = sys.bus(tree::SIM_BUS).ok_or(Errno::ENODEV)?;
+            let bus = sys.bus(SIM_BUS).ok_or(Errno::ENODEV)?;
             Ok(bus.drivers().iter().map(|d| format!("{d}\n")).collect())
         },
         move |text| {
             let sys = w2.upgrade().ok_or(Errno::ENODEV)?;
-            let bus = sys.bus(tree::SIM_BUS).ok_or(Errno::ENODEV)?;
+            let bus = sys.bus(SIM_BUS).ok_or(Errno::ENODEV)?;
             match text.trim_end_matches('\n').split_once(' ') {
                 Some(("rmmod", "xyz")) => bus.unregister_driver("xyz").map_err(|_| Errno::ENOENT),
                 Some(("modprobe", "xyz")) => match devlife_drivers::xyz::register(&sys, None) {

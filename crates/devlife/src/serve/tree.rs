@@ -4,7 +4,7 @@
 //! dev/<node>                              device nodes
 //! sys/bus/<bus>/devices/<dev>/            uevent, driver (symlink when bound), attributes
 //! sys/bus/<bus>/drivers/<drv>/            bind, unbind (write a device name), <dev> links
-//! sys/bus/sim/new_device, delete_device   hot-plug control
+//! sys/bus/<bus>/new_device, delete_device hot-plug control
 //! sys/class/<class>/<node>/dev            "MAJOR:MINOR\n"
 //! sys/class/<class>/<node>/uevent         MAJOR=, MINOR=, DEVNAME= lines
 //! debug/...                               debugfs
@@ -17,11 +17,6 @@
 use devlife_core::debugfs::Dentry;
 use devlife_core::{DevNode, DevT, Device, NodeRef, System};
 
-/// The bus that accepts `new_device` and `delete_device`.
-pub const SIM_BUS: &str = "sim";
-/// Device types `new_device` accepts on the sim bus.
-pub const SIM_TYPES: &[&str] = &["xyz", "bench"];
-
 /// A control file (fields: the bus and driver it acts on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -30,9 +25,9 @@ pub enum Control {
     Bind { bus: String, driver: String },
     /// `sys/bus/<bus>/drivers/<drv>/unbind`
     Unbind { bus: String, driver: String },
-    /// `sys/bus/sim/new_device`
+    /// `sys/bus/<bus>/new_device`
     NewDevice { bus: String },
-    /// `sys/bus/sim/delete_device`
+    /// `sys/bus/<bus>/delete_device`
     DeleteDevice { bus: String },
 }
 
@@ -99,7 +94,7 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
         ["dev", name] => sys.dev_lookup(name).map(Obj::DevNode),
         ["sys", "bus", bus] => sys.bus(bus).map(|_| dir()),
         ["sys", "bus", bus, "devices"] | ["sys", "bus", bus, "drivers"] => sys.bus(bus).map(|_| dir()),
-        ["sys", "bus", bus, ctl @ ("new_device" | "delete_device")] if *bus == SIM_BUS => {
+        ["sys", "bus", bus, ctl @ ("new_device" | "delete_device")] => {
             sys.bus(bus)?;
             let bus = (*bus).to_owned();
             let c =
@@ -161,10 +156,8 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
         ["sys", "bus"] => sys.buses().iter().map(|b| (b.name().to_owned(), dir())).collect(),
         ["sys", "bus", bus] => {
             let mut v = named(&["devices", "drivers"]);
-            if *bus == SIM_BUS {
-                for c in ["delete_device", "new_device"] {
-                    v.extend(resolve(sys, &["sys", "bus", bus, c]).map(|o| (c.to_owned(), o)));
-                }
+            for c in ["delete_device", "new_device"] {
+                v.extend(resolve(sys, &["sys", "bus", bus, c]).map(|o| (c.to_owned(), o)));
             }
             v
         }
