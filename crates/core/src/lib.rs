@@ -17,7 +17,7 @@
 //!   unbind, hot-plug, driver registration (`drivers/base`).
 //! * [`Devres`]: managed resources released newest first at unbind and on
 //!   probe failure (`drivers/base/devres.c`).
-//! * [`FileOperations`](fops::FileOperations), [`Cdev`],
+//! * [`FileOperations`], [`Cdev`],
 //!   [`cdev_device_add`], [`devm_cdev_device_add`], chrdev regions,
 //!   [`misc_register`] (`fs/char_dev.c`, `drivers/char/misc.c`).
 //! * [`debugfs`] (`fs/debugfs`), device attributes ([`attr`]).

@@ -3,7 +3,7 @@
 //!
 //! * [`serve`], the driver core served over FUSE.
 //! * [`torture`], random clients, signals and removals; the leak check.
-//! * [`bench`], benchmarks.
+//! * [`bench`](mod@bench), benchmarks.
 //! * [`fuzzing`], fuzz harnesses.
 
 pub mod bench;

@@ -184,7 +184,7 @@ abi! {
 /// FUSE over io_uring (`fuse.h` 7.42, `fs/fuse/dev_uring.c`).
 ///
 /// A server registers ring entries, one `IORING_OP_URING_CMD` each, on the
-/// queue of a CPU. An entry is a [`UringReqHeader`] and a payload buffer.
+/// queue of a CPU. An entry is a [`ReqHeader`](uring::ReqHeader) and a payload buffer.
 /// The kernel fills an available entry with a request sent from that CPU
 /// (`in_out`: the `fuse_in_header`; `op_in`: the operation's fixed-size
 /// argument; the payload: its variable part) and completes the command;

@@ -44,7 +44,7 @@ pub struct Config {
     /// Serve through FUSE over io_uring when the kernel offers it.
     pub io_uring: bool,
     /// The mount's directory. The ring transport sends itself a `STATFS`
-    /// through it when a queue grows (see [`ring`](crate::ring)'s "Kicks");
+    /// through it when a queue grows (see the ring transport's "Kicks");
     /// without it a request that arrives while its queue is growing waits
     /// for the queue's next reply.
     pub mount_dir: Option<PathBuf>,

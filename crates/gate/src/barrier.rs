@@ -2,8 +2,8 @@
 //!
 //! The gate's fast path orders "store my counter, then load the gate's state"
 //! (and the reverse on the killing side) without a hardware fence. It issues a
-//! [`light`] barrier, which is only a compiler fence, and the rare side (kill)
-//! issues a [`heavy`] barrier: `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+//! `light` barrier, which is only a compiler fence, and the rare side (kill)
+//! issues a `heavy` barrier: `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
 //! which runs a full memory barrier on every CPU currently running a thread of
 //! this process. Together a light and a heavy barrier behave like a pair of
 //! `fence(SeqCst)` (the liburcu "memb" flavour, folly's

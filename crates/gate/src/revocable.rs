@@ -15,7 +15,8 @@ use std::ptr::NonNull;
 ///
 /// Mirrors Rust-for-Linux's `kernel::revocable::Revocable`, with a [`Gate`]
 /// in place of RCU: guards may be held across sleeps, and a revoke cancels
-/// the sleeps made through [`RevocableGuard::wait_event`].
+/// the sleeps made through [`wait_event`](crate::wait_event) on the gate's
+/// [`CancelSource`](crate::CancelSource).
 ///
 /// # Invariants
 ///
