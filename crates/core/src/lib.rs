@@ -70,7 +70,7 @@ pub use error::{Error, Result};
 pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, PollTable};
 pub use ioctl::{IoctlCmd, IoctlDef};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
-pub use node::{File, NodeRef, Removed};
+pub use node::{File, NodeRef, Removed, quiet_handler_panics};
 pub use system::{Change, DevNode, System, WeakSystem};
 
 /// The gate crate, re-exported for drivers' wait queues and locks.

@@ -203,6 +203,7 @@ impl<F: FileOperations> Node<F> {
     /// Runs a handler, turning a panic into `EIO` (the server and the device
     /// live on; the panic is logged here, once).
     fn catch<R>(&self, what: &str, f: impl FnOnce() -> KResult<R>) -> KResult<R> {
+        let _depth = InHandler::enter();
         catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
             let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
             tracing::error!(node = %self.name, op = what, panic = msg.unwrap_or("<non-string payload>"), "handler panicked");
@@ -589,6 +590,8 @@ impl std::fmt::Debug for File {
 }
 
 thread_local! {
+    /// How many driver handlers this thread is inside (any node).
+    static IN_HANDLER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// The bindings whose handlers this thread is running, innermost last.
     static HANDLERS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -620,4 +623,37 @@ impl Drop for HandlerScope {
 /// Whether the current thread is running a handler of `binding`.
 pub(crate) fn in_handler_of(binding: u64) -> bool {
     HANDLERS.try_with(|h| h.borrow().contains(&binding)).unwrap_or(false)
+}
+
+/// Marks the current thread as inside a driver handler, for the panic hook.
+struct InHandler;
+
+impl InHandler {
+    fn enter() -> Self {
+        let _ = IN_HANDLER.try_with(|d| d.set(d.get() + 1));
+        InHandler
+    }
+}
+
+impl Drop for InHandler {
+    fn drop(&mut self) {
+        let _ = IN_HANDLER.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Makes a panic in a driver handler one log line: the core catches it,
+/// answers `EIO` and logs the node, the operation and the message
+/// (`handler panicked`); this hook keeps the default hook (the
+/// `thread ... panicked at` text) for every other panic, and for handler
+/// panics only when `RUST_BACKTRACE` asks for a backtrace. Call it once at
+/// start, as a server does.
+pub fn quiet_handler_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_handler = IN_HANDLER.try_with(|d| d.get() > 0).unwrap_or(false);
+        let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        if !in_handler || backtrace {
+            default(info);
+        }
+    }));
 }

@@ -596,6 +596,13 @@ fn injected_faults() {
     assert_eq!(count(&fd), Err(Errno::IO));
     assert_eq!(s.stat_line("panics"), 1);
     fault("panic", "0");
+    // One log line, naming the device and the operation; no panic banner.
+    until(|| s.stderr.lock().unwrap().contains("handler panicked"));
+    let log = s.stderr.lock().unwrap().clone();
+    let lines: Vec<_> = log.lines().filter(|l| l.contains("injected panic")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("xyz0") && lines[0].contains("ioctl"), "{log}");
+    assert!(!log.contains("panicked at"), "{log}");
     assert_eq!(count(&fd), Ok(1), "the device lives on");
 
     // Allocation failure: ENOMEM, nothing changed, then writes work again.

@@ -161,6 +161,7 @@ pub fn run(o: &Opts) -> i32 {
 
 fn serve(o: &Opts) -> Result<(), String> {
     init_logging(o.log.as_deref());
+    devlife_core::quiet_handler_panics();
     let dir = o.mount.clone().unwrap_or_else(default_dir);
     std::fs::create_dir_all(&dir).or_else(|e| {
         // A stale mount makes the directory itself fail with ENOTCONN.

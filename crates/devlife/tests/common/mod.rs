@@ -69,6 +69,8 @@ impl Server {
             .arg(dir)
             .args(transport_args())
             .args(extra)
+            // A handler's panic is one log line unless a backtrace is asked for.
+            .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
