@@ -105,6 +105,34 @@ impl Device {
         lock(&self.inner.state).binding.as_ref().map(|b| b.driver.drv.name().to_owned())
     }
 
+    /// A copy of the data of its current binding, if bound and of type `T`
+    /// (Linux `dev_get_drvdata`; driver data is usually an `Arc`, and the
+    /// copy keeps it alive past the binding only as long as it is held).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use devlife_core::*;
+    /// use std::sync::Arc;
+    /// struct D;
+    /// impl Driver for D {
+    ///     type Data = Arc<u32>;
+    ///     fn name(&self) -> &str { "d" }
+    ///     fn id_table(&self) -> &[&str] { &["t"] }
+    ///     fn probe(&self, _: &Bound<'_>) -> KResult<Arc<u32>> { Ok(Arc::new(7)) }
+    /// }
+    /// let sys = System::new();
+    /// let bus = sys.bus_register("b").unwrap();
+    /// bus.register_driver(D).unwrap();
+    /// let dev = bus.add_device("d0", "t").unwrap();
+    /// assert_eq!(dev.drvdata::<Arc<u32>>().as_deref(), Some(&7));
+    /// assert_eq!(dev.drvdata::<String>(), None, "another type");
+    /// ```
+    #[doc(alias = "dev_get_drvdata")]
+    pub fn drvdata<T: Clone + 'static>(&self) -> Option<T> {
+        lock(&self.inner.state).binding.as_ref().and_then(|b| b.data.downcast_ref::<T>().cloned())
+    }
+
     /// The id of its current binding, if bound.
     pub fn binding_id(&self) -> Option<u64> {
         lock(&self.inner.state).binding.as_ref().map(|b| b.epoch.id)
