@@ -16,7 +16,8 @@
 //! * [`Bus`], [`Device`], [`Driver`], [`Bound`]: match, probe, bind,
 //!   unbind, hot-plug, driver registration (`drivers/base`).
 //! * [`Devres`]: managed resources released newest first at unbind and on
-//!   probe failure (`drivers/base/devres.c`).
+//!   probe failure (`drivers/base/devres.c`); [`devm_kthread_run`]: a
+//!   thread the binding stops and joins.
 //! * [`FileOperations`], [`Cdev`],
 //!   [`cdev_device_add`], [`devm_cdev_device_add`], chrdev regions,
 //!   [`misc_register`] (`fs/char_dev.c`, `drivers/char/misc.c`).
@@ -50,6 +51,7 @@ mod error;
 pub mod fops;
 mod id;
 pub mod ioctl;
+pub mod kthread;
 mod misc;
 pub mod name;
 mod node;
@@ -69,6 +71,7 @@ pub use errno::{Errno, NodeKind};
 pub use error::{Error, Result};
 pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, PollTable};
 pub use ioctl::{IoctlCmd, IoctlDef};
+pub use kthread::{KthreadStop, devm_kthread_run};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed, quiet_handler_panics};
 pub use system::{Change, DevNode, System, WeakSystem};

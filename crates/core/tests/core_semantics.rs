@@ -407,3 +407,34 @@ fn hot_plug_stores_take_the_types_of_the_bus_and_answer_errnos() {
     assert_eq!(delete_device_store(&bus, b"d0\n"), Ok(()));
     assert!(bus.devices().is_empty());
 }
+
+#[test]
+fn a_bound_thread_asleep_for_an_hour_is_stopped_and_joined_at_unbind() {
+    struct Sleeper(Arc<AtomicBool>);
+    impl Driver for Sleeper {
+        type Data = ();
+        fn name(&self) -> &str {
+            "sleeper"
+        }
+        fn id_table(&self) -> &[&str] {
+            &["s"]
+        }
+        fn probe(&self, dev: &Bound<'_>) -> fops::KResult<()> {
+            let done = self.0.clone();
+            devm_kthread_run(dev, "sleeper", move |stop| {
+                assert!(!stop.sleep(Duration::from_secs(3600)), "woken by the unbind, not the hour");
+                assert!(stop.should_stop());
+                done.store(true, Ordering::SeqCst);
+            })?;
+            Ok(())
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let sys = System::new();
+    let bus = sys.bus_register("b").unwrap();
+    bus.register_driver(Sleeper(done.clone())).unwrap();
+    bus.add_device("s0", "s").unwrap();
+    assert!(!done.load(Ordering::SeqCst));
+    assert_eq!(bus.unbind("s0", None), Ok(Unbound::Complete));
+    assert!(done.load(Ordering::SeqCst), "the thread returned before the unbind did");
+}
