@@ -1,7 +1,7 @@
 //! Device attributes: show/store text files in a device's sysfs directory
 //! (Linux `device_create_file`), gated like every other file.
 
-use crate::device::{Bound, Device};
+use crate::device::{Bound, Device, WeakDevice};
 use crate::errno::NodeKind;
 use crate::node::{Node, NodeDyn, NodeRef};
 use crate::system::lock;
@@ -13,7 +13,22 @@ use std::sync::Arc;
 pub struct DeviceAttribute {
     name: String,
     mode: u32,
-    file: TextFile,
+    file: AttrOps,
+}
+
+/// An attribute's operations, or how to make them once the device is known.
+enum AttrOps {
+    Text(TextFile),
+    OfDevice(Box<dyn FnOnce(WeakDevice) -> TextFile + Send>),
+}
+
+type ShowDev = dyn Fn(&Device) -> crate::fops::KResult<String> + Send + Sync;
+type StoreDev = dyn Fn(&Device, &str) -> crate::fops::KResult<()> + Send + Sync;
+
+/// The device of an attribute's handler (alive while its attribute is:
+/// the attribute is removed before its device).
+fn device_of(w: &WeakDevice) -> crate::fops::KResult<Device> {
+    w.upgrade().ok_or(crate::Errno::ENODEV)
 }
 
 impl DeviceAttribute {
@@ -22,7 +37,37 @@ impl DeviceAttribute {
         name: impl Into<String>,
         show: impl Fn() -> crate::fops::KResult<String> + Send + Sync + 'static,
     ) -> Self {
-        DeviceAttribute { name: name.into(), mode: 0o444, file: TextFile::read_only(show) }
+        DeviceAttribute { name: name.into(), mode: 0o444, file: AttrOps::Text(TextFile::read_only(show)) }
+    }
+
+    /// A read-only attribute whose `show` gets the device, as Linux's
+    /// `show(struct device *dev, ...)` does (mode `0444`).
+    #[doc(alias = "DEVICE_ATTR_RO")]
+    pub fn ro(
+        name: impl Into<String>,
+        show: impl Fn(&Device) -> crate::fops::KResult<String> + Send + Sync + 'static,
+    ) -> Self {
+        let show: Arc<ShowDev> = Arc::new(show);
+        let file = AttrOps::OfDevice(Box::new(move |w: WeakDevice| {
+            TextFile::read_only(move || show(&device_of(&w)?))
+        }));
+        DeviceAttribute { name: name.into(), mode: 0o444, file }
+    }
+
+    /// A read-write attribute whose `show` and `store` get the device
+    /// (mode `0644`).
+    #[doc(alias = "DEVICE_ATTR_RW")]
+    pub fn rw(
+        name: impl Into<String>,
+        show: impl Fn(&Device) -> crate::fops::KResult<String> + Send + Sync + 'static,
+        store: impl Fn(&Device, &str) -> crate::fops::KResult<()> + Send + Sync + 'static,
+    ) -> Self {
+        let (show, store): (Arc<ShowDev>, Arc<StoreDev>) = (Arc::new(show), Arc::new(store));
+        let file = AttrOps::OfDevice(Box::new(move |w: WeakDevice| {
+            let w2 = w.clone();
+            TextFile::read_write(move || show(&device_of(&w)?), move |t| store(&device_of(&w2)?, t))
+        }));
+        DeviceAttribute { name: name.into(), mode: 0o644, file }
     }
 
     /// A read-write attribute (mode `0644`).
@@ -31,7 +76,11 @@ impl DeviceAttribute {
         show: impl Fn() -> crate::fops::KResult<String> + Send + Sync + 'static,
         store: impl Fn(&str) -> crate::fops::KResult<()> + Send + Sync + 'static,
     ) -> Self {
-        DeviceAttribute { name: name.into(), mode: 0o644, file: TextFile::read_write(show, store) }
+        DeviceAttribute {
+            name: name.into(),
+            mode: 0o644,
+            file: AttrOps::Text(TextFile::read_write(show, store)),
+        }
     }
 
     /// Overrides the permission bits.
@@ -75,8 +124,12 @@ fn create(
 ) -> Result<AttrRegistration> {
     crate::name::validate_attr(&attr.name)?;
     let sys = dev.system().ok_or(Error::Detached)?;
+    let file = match attr.file {
+        AttrOps::Text(t) => t,
+        AttrOps::OfDevice(make) => make(dev.downgrade()),
+    };
     let node: Arc<dyn NodeDyn> = Node::new(
-        attr.file,
+        file,
         NodeKind::Attribute,
         attr.name.clone(),
         binding,

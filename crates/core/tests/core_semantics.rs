@@ -438,3 +438,47 @@ fn a_bound_thread_asleep_for_an_hour_is_stopped_and_joined_at_unbind() {
     assert_eq!(bus.unbind("s0", None), Ok(Unbound::Complete));
     assert!(done.load(Ordering::SeqCst), "the thread returned before the unbind did");
 }
+
+#[test]
+fn attributes_can_get_their_device() {
+    struct Led;
+    impl Driver for Led {
+        type Data = Arc<AtomicU64>;
+        fn name(&self) -> &str {
+            "led"
+        }
+        fn id_table(&self) -> &[&str] {
+            &["led"]
+        }
+        fn probe(&self, dev: &Bound<'_>) -> fops::KResult<Arc<AtomicU64>> {
+            let brightness = Arc::new(AtomicU64::new(5));
+            devm_device_create_file(
+                dev,
+                DeviceAttribute::rw(
+                    "brightness",
+                    |d| {
+                        let b = d.drvdata::<Arc<AtomicU64>>().ok_or(Errno::ENODEV)?;
+                        Ok(format!("{} {}\n", d.name(), b.load(Ordering::Relaxed)))
+                    },
+                    |d, text| {
+                        let v = text.trim().parse().map_err(|_| Errno::EINVAL)?;
+                        d.drvdata::<Arc<AtomicU64>>().ok_or(Errno::ENODEV)?.store(v, Ordering::Relaxed);
+                        Ok(())
+                    },
+                ),
+            )?;
+            Ok(brightness)
+        }
+    }
+    let sys = System::new();
+    let bus = sys.bus_register("b").unwrap();
+    bus.register_driver(Led).unwrap();
+    let dev = bus.add_device("led0", "led").unwrap();
+    let f = dev.attr("brightness").unwrap().open(&C).unwrap();
+    let mut buf = [0u8; 32];
+    let n = f.read(&mut buf, 0, &C).unwrap();
+    assert_eq!(&buf[..n], b"led0 5\n");
+    assert_eq!(f.write(b"200\n", 0, &C), Ok(4));
+    assert_eq!(dev.drvdata::<Arc<AtomicU64>>().unwrap().load(Ordering::Relaxed), 200);
+    assert_eq!(f.write(b"nope", 0, &C), Err(Errno::EINVAL));
+}
