@@ -37,6 +37,23 @@
 //! | release | ran once per open, during the removal | same |
 //!
 //! After the removal returns, no driver code of that object runs again.
+//!
+//! # Errors: [`Errno`] and [`Error`]
+//!
+//! Two types, one story, as in the kernel:
+//!
+//! * a **handler** (a [`FileOperations`] method, `probe`, an attribute's
+//!   `show`/`store`) answers what a system call returns to a process, so it
+//!   returns an [`Errno`] ([`KResult`]), as a kernel handler returns
+//!   `-EFOO`;
+//! * a **framework operation** (bind, add a device, register a region or a
+//!   file) fails with an [`Error`], which says what went wrong
+//!   ([`Error::Exists`], [`Error::NoSuchDevice`], ...) and changed nothing.
+//!
+//! An [`Error`] becomes an [`Errno`] in one place, `errno.rs`
+//! (`impl From<Error> for Errno`), so `?` in a `probe` that calls the
+//! framework just works: `devm_cdev_device_add(dev, ...)?`. The codes a
+//! removed object answers with are chosen there too ([`NodeKind`]).
 
 pub mod attr;
 pub mod bus;
