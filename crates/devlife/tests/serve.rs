@@ -174,18 +174,6 @@ fn more_blocked_readers_than_workers() {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set).unwrap();
-}
-
-/// The serving layer's `debug/devlife/fuse` as a map.
-fn fuse_stats(s: &Server) -> std::collections::HashMap<String, String> {
-    let t = std::fs::read_to_string(s.p("debug/devlife/fuse")).unwrap();
-    t.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-}
-
 #[test]
 fn transport_under_test_carries_the_requests() {
     let Some(s) = Server::start(&[]) else { return };

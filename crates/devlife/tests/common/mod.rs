@@ -205,3 +205,16 @@ pub fn until(mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
     }
 }
+
+/// Moves the calling thread to CPU `cpu`.
+pub fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).unwrap();
+}
+
+/// The serving layer's `debug/devlife/fuse` as a map.
+pub fn fuse_stats(s: &Server) -> std::collections::HashMap<String, String> {
+    let t = std::fs::read_to_string(s.p("debug/devlife/fuse")).unwrap();
+    t.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
