@@ -207,9 +207,9 @@ impl ServeFs {
             Obj::Attr { mode, .. } => (S_IFREG | mode, self.uid, self.gid, 4096, Duration::ZERO),
             Obj::Debug(d) => (S_IFREG | d.mode(), self.uid, self.gid, 0, Duration::ZERO),
             Obj::Text { text, .. } => {
-                (S_IFREG | 0o444, self.uid, self.gid, text.len() as u64, Duration::ZERO)
+                (S_IFREG | TEXT_MODE, self.uid, self.gid, text.len() as u64, Duration::ZERO)
             }
-            Obj::Control { .. } => (S_IFREG | 0o200, self.uid, self.gid, 4096, Duration::ZERO),
+            Obj::Control { .. } => (S_IFREG | CONTROL_MODE, self.uid, self.gid, 4096, Duration::ZERO),
             Obj::Symlink { target, .. } => {
                 (S_IFLNK | 0o777, self.uid, self.gid, target.len() as u64, Duration::ZERO)
             }
@@ -248,6 +248,11 @@ impl ServeFs {
     }
 }
 
+/// Permission bits of control files (write-only, owner) and generated
+/// text (read-only): what `stat` shows and the open check enforces.
+const CONTROL_MODE: u32 = 0o200;
+const TEXT_MODE: u32 = 0o444;
+
 /// What every namespace change (mkdir, unlink, rename, ...) answers: the
 /// tree is the driver core's, changed only through its control files
 /// (sysfs answers `EPERM` alike).
@@ -261,8 +266,8 @@ const NAMESPACE_FIXED: Errno = Errno::PERM;
 fn sysfs_open_mode(obj: &Obj, flags: u32) -> Result<(), Errno> {
     let mode = match obj {
         Obj::Attr { mode, .. } => *mode,
-        Obj::Control { .. } => 0o200,
-        Obj::Text { .. } => 0o444,
+        Obj::Control { .. } => CONTROL_MODE,
+        Obj::Text { .. } => TEXT_MODE,
         _ => return Ok(()),
     };
     let (read, write) = match flags & 0o3 {

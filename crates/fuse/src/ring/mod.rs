@@ -142,8 +142,6 @@ struct Queue {
     /// Entries that take a request without a new registration: idle
     /// workers' and the keeper's. The take that leaves none grows the queue.
     spare: AtomicUsize,
-    /// Workers waiting for a request.
-    idle: AtomicUsize,
     /// Worker threads (with a ring and an entry).
     workers: AtomicUsize,
     /// When each worker began its current wait (ms since `t0`, plus one; 0
@@ -254,7 +252,6 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
                 qid: q as u16,
                 cpu,
                 spare: AtomicUsize::new(0),
-                idle: AtomicUsize::new(0),
                 workers: AtomicUsize::new(0),
                 waiting: Mutex::default(),
                 marked: AtomicUsize::new(0),
@@ -611,11 +608,9 @@ fn serve<F: Filesystem>(
     let mut out = Vec::new();
     loop {
         q.spare.fetch_add(1, Ordering::AcqRel);
-        q.idle.fetch_add(1, Ordering::AcqRel);
         slot.mark(q.now_ms());
         let r = ring.submit_and_wait(1);
         slot.unmark();
-        q.idle.fetch_sub(1, Ordering::AcqRel);
         let cqe = match r {
             Ok(_) => ring.completion().next(),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
