@@ -40,11 +40,13 @@ errnos! {
     EFAULT = 14, "Bad address.";
     EBUSY = 16, "Device or resource busy.";
     EEXIST = 17, "File exists.";
+    EXDEV = 18, "Cross-device link.";
     ENODEV = 19, "No such device.";
     ENOTDIR = 20, "Not a directory.";
     EISDIR = 21, "Is a directory.";
     EINVAL = 22, "Invalid argument.";
     ENOSPC = 28, "No space left on device.";
+    EROFS = 30, "Read-only file system.";
     ESPIPE = 29, "Illegal seek.";
     ENOTTY = 25, "Inappropriate ioctl for device.";
     ERANGE = 34, "Result out of range.";
@@ -52,8 +54,10 @@ errnos! {
     ENAMETOOLONG = 36, "File name too long.";
     ENOSYS = 38, "Function not implemented.";
     ENOTEMPTY = 39, "Directory not empty.";
+    ELOOP = 40, "Too many symbolic links encountered.";
     ENODATA = 61, "No data available.";
     EPROTO = 71, "Protocol error.";
+    EOPNOTSUPP = 95, "Operation not supported.";
     EOVERFLOW = 75, "Value too large for defined data type.";
     ENOTCONN = 107, "Transport endpoint is not connected.";
     ETIMEDOUT = 110, "Connection timed out.";

@@ -78,30 +78,9 @@ fn code(r: Result<(), Errno>) -> String {
 }
 
 fn errno_name(e: Errno) -> String {
-    let names = [
-        (Errno::PERM, "EPERM"),
-        (Errno::NOENT, "ENOENT"),
-        (Errno::IO, "EIO"),
-        (Errno::NXIO, "ENXIO"),
-        (Errno::BADF, "EBADF"),
-        (Errno::AGAIN, "EAGAIN"),
-        (Errno::ACCESS, "EACCES"),
-        (Errno::EXIST, "EEXIST"),
-        (Errno::NODEV, "ENODEV"),
-        (Errno::NOTDIR, "ENOTDIR"),
-        (Errno::ISDIR, "EISDIR"),
-        (Errno::INVAL, "EINVAL"),
-        (Errno::NOTTY, "ENOTTY"),
-        (Errno::SPIPE, "ESPIPE"),
-        (Errno::NOSYS, "ENOSYS"),
-        (Errno::NOTEMPTY, "ENOTEMPTY"),
-        (Errno::LOOP, "ELOOP"),
-        (Errno::NODATA, "ENODATA"),
-        (Errno::OPNOTSUPP, "EOPNOTSUPP"),
-        (Errno::ROFS, "EROFS"),
-        (Errno::XDEV, "EXDEV"),
-    ];
-    names.iter().find(|(n, _)| *n == e).map_or_else(|| format!("{e:?}"), |(_, s)| (*s).to_owned())
+    // The driver core's names for Linux's numbers (`ENODEV`).
+    let n = devlife_core::Errno::from_raw(e.raw_os_error());
+    n.name().map_or_else(|| format!("{e:?}"), str::to_owned)
 }
 
 fn open(p: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
