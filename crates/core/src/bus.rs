@@ -119,7 +119,7 @@ impl Bus {
     pub fn register_driver<D: Driver>(&self, drv: D) -> Result<()> {
         let name = Driver::name(&drv).to_owned();
         crate::name::validate(&name)?;
-        let entry = Arc::new(DriverEntry { id: crate::id::next(), drv: Box::new(drv) });
+        let entry = Arc::new(DriverEntry::new(Box::new(drv)));
         {
             let mut st = lock(&self.inner.state);
             if st.drivers.contains_key(&name) {
@@ -132,7 +132,7 @@ impl Bus {
                 match self.probe(&dev, &entry) {
                     Ok(())
                     | Err(Error::AlreadyBound(_) | Error::NoSuchDevice(_) | Error::NoSuchDriver(_)) => {}
-                    Err(e) => tracing::warn!(device = dev.name(), "driver attach: {e}"),
+                    Err(e) => tracing::warn!(device = %dev.name(), "driver attach: {e}"),
                 }
             }
         }
@@ -153,6 +153,12 @@ impl Bus {
         for dev in self.devices() {
             let _ = self.release(&dev, Some(entry.id), None);
         }
+        // The driver's debugfs directory goes last, as a module's does in
+        // its exit function (its devices' entries in it went with them).
+        let dir = lock(&entry.debugfs).take();
+        if let Some(d) = dir {
+            d.remove();
+        }
         Ok(())
     }
 
@@ -171,10 +177,10 @@ impl Bus {
             st.devices.insert(name.to_owned(), dev.clone());
             st.drivers.values().cloned().collect()
         };
-        tracing::info!(bus = %self.inner.name, device = name, dev_type, "device added");
+        tracing::info!(bus = %self.inner.name, device = %name, dev_type = %dev_type, "device added");
         if let Some(entry) = drivers.iter().find(|e| e.drv.matches(dev_type)) {
             if let Err(e) = self.probe(&dev, entry) {
-                tracing::warn!(device = name, "device attach: {e}");
+                tracing::warn!(device = %name, "device attach: {e}");
             }
         }
         Ok(dev)
@@ -194,7 +200,7 @@ impl Bus {
             Err(Error::NotBound(_)) => Unbound::Complete,
             Err(e) => return Err(e),
         };
-        tracing::info!(bus = %self.inner.name, device = name, "device deleted");
+        tracing::info!(bus = %self.inner.name, device = %name, "device deleted");
         if let Ok(sys) = self.system() {
             sys.changed(crate::system::Change::DeviceRemoved {
                 bus: self.inner.name.clone(),
@@ -285,9 +291,9 @@ impl Bus {
         let started = std::time::Instant::now();
         let epoch = crate::device::Epoch::new(sys.next_binding_id());
         let devres = Arc::new(Devres::new());
-        let bound = Bound { dev, sys: &sys, epoch: &epoch, devres: &devres };
+        let bound = Bound { dev, sys: &sys, epoch: &epoch, devres: &devres, driver: entry };
         let probed = catch_unwind(AssertUnwindSafe(|| entry.drv.probe(&bound))).unwrap_or_else(|_| {
-            tracing::error!(device = dev.name(), driver = entry.drv.name(), "probe panicked");
+            tracing::error!(device = %dev.name(), driver = %entry.drv.name(), "probe panicked");
             Err(Errno::EIO)
         });
         match probed {
@@ -296,8 +302,8 @@ impl Bus {
                     Some(crate::device::Binding { epoch, driver: entry.clone(), data, devres });
                 tracing::info!(
                     bus = %self.inner.name,
-                    device = dev.name(),
-                    driver = entry.drv.name(),
+                    device = %dev.name(),
+                    driver = %entry.drv.name(),
                     duration = ?started.elapsed(),
                     "bind"
                 );
@@ -307,7 +313,7 @@ impl Bus {
                 // Partial unwind: what probe registered, newest first.
                 devres.release_all();
                 epoch.end();
-                tracing::info!(device = dev.name(), driver = entry.drv.name(), %errno, "probe failed");
+                tracing::info!(device = %dev.name(), driver = %entry.drv.name(), %errno, "probe failed");
                 Err(Error::ProbeFailed(dev.name().to_owned(), errno))
             }
         }
@@ -399,7 +405,7 @@ impl Bus {
         lock(&dev.inner.state).unbinding = None;
         tracing::info!(
             bus = %self.inner.name,
-            device = dev.name(),
+            device = %dev.name(),
             driver = %driver,
             duration = ?started.elapsed(),
             "unbind"
@@ -437,14 +443,14 @@ fn check_binding(
 /// The kernel's unbind order: `remove`, then managed resources newest
 /// first, then the driver's data.
 fn teardown(dev: &Device, b: crate::device::Binding, sys: &System) {
-    let bound = Bound { dev, sys, epoch: &b.epoch, devres: &b.devres };
+    let bound = Bound { dev, sys, epoch: &b.epoch, devres: &b.devres, driver: &b.driver };
     if catch_unwind(AssertUnwindSafe(|| b.driver.drv.remove(&bound, &b.data))).is_err() {
-        tracing::error!(device = dev.name(), "remove panicked");
+        tracing::error!(device = %dev.name(), "remove panicked");
     }
     b.devres.release_all();
     let epoch = b.epoch.clone();
     if catch_unwind(AssertUnwindSafe(move || drop(b.data))).is_err() {
-        tracing::error!(device = dev.name(), "dropping the driver data panicked");
+        tracing::error!(device = %dev.name(), "dropping the driver data panicked");
     }
     // From here on, a handler of this binding starting would be a violation.
     epoch.end();

@@ -212,8 +212,8 @@ pub fn cdev_device_add<F: FileOperations>(
 ///
 /// impl FileOperations for XyzIoctl {
 ///     type File = ();
-///     fn open(&self, _: &fops::Ctx<'_>) -> KResult<()> { Ok(()) }
-///     fn ioctl(&self, _: &(), _: &fops::Ctx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+///     fn open(&self, _: &OpCtx<'_>) -> KResult<()> { Ok(()) }
+///     fn ioctl(&self, _: &(), _: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
 ///         if io.cmd() != XYZ_IOC_COUNT { return Err(Errno::ENOTTY) }
 ///         let n = self.ctx.count.fetch_add(1, Ordering::Relaxed) + 1;
 ///         io.set_output(&n.to_ne_bytes())?;

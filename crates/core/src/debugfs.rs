@@ -7,7 +7,7 @@
 
 use crate::device::Bound;
 use crate::errno::{Errno, NodeKind};
-use crate::fops::{Ctx, FileOperations, KResult};
+use crate::fops::{FileOperations, KResult, OpCtx};
 use crate::node::{Node, NodeDyn, NodeRef};
 use crate::system::{SystemInner, lock};
 use crate::text::TextFile;
@@ -248,13 +248,13 @@ struct WriteIfAllowed {
 
 impl FileOperations for WriteIfAllowed {
     type File = <TextFile as FileOperations>::File;
-    fn open(&self, cx: &Ctx<'_>) -> KResult<Self::File> {
+    fn open(&self, cx: &OpCtx<'_>) -> KResult<Self::File> {
         self.file.open(cx)
     }
-    fn read(&self, f: &Self::File, cx: &Ctx<'_>, buf: &mut [u8], off: u64) -> KResult<usize> {
+    fn read(&self, f: &Self::File, cx: &OpCtx<'_>, buf: &mut [u8], off: u64) -> KResult<usize> {
         self.file.read(f, cx, buf, off)
     }
-    fn write(&self, f: &Self::File, cx: &Ctx<'_>, data: &[u8], off: u64) -> KResult<usize> {
+    fn write(&self, f: &Self::File, cx: &OpCtx<'_>, data: &[u8], off: u64) -> KResult<usize> {
         if !self.writable {
             return Err(Errno::EACCES);
         }
@@ -266,10 +266,10 @@ struct Blob(Arc<[u8]>);
 
 impl FileOperations for Blob {
     type File = ();
-    fn open(&self, _cx: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
-    fn read(&self, _f: &(), _cx: &Ctx<'_>, buf: &mut [u8], off: u64) -> KResult<usize> {
+    fn read(&self, _f: &(), _cx: &OpCtx<'_>, buf: &mut [u8], off: u64) -> KResult<usize> {
         let start = usize::try_from(off).unwrap_or(usize::MAX).min(self.0.len());
         let n = buf.len().min(self.0.len() - start);
         buf[..n].copy_from_slice(&self.0[start..start + n]);

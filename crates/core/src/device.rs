@@ -228,6 +228,7 @@ pub struct Bound<'a> {
     pub(crate) sys: &'a System,
     pub(crate) epoch: &'a Arc<Epoch>,
     pub(crate) devres: &'a Devres,
+    pub(crate) driver: &'a DriverEntry,
 }
 
 impl<'a> Bound<'a> {
@@ -250,6 +251,27 @@ impl<'a> Bound<'a> {
     /// This binding's id (unique within the system; a re-probe gets a new one).
     pub fn binding_id(&self) -> u64 {
         self.epoch.id
+    }
+
+    /// The driver's debugfs directory, `debug/<driver>`, shared by every
+    /// device the driver binds: made by the first call, removed (with
+    /// everything in it) when the driver is unregistered. A device's own
+    /// entries go in a directory of its own made with
+    /// [`devm_create_dir`](crate::debugfs::devm_create_dir), removed at
+    /// unbind.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Exists`](crate::Error::Exists) if something else made
+    /// `debug/<driver>`.
+    pub fn driver_debugfs(&self) -> crate::Result<crate::debugfs::Dentry> {
+        let mut d = lock(&self.driver.debugfs);
+        if let Some(dir) = d.as_ref().filter(|d| !d.is_removed()) {
+            return Ok(dir.clone());
+        }
+        let dir = self.sys.debugfs().create_dir(self.driver.drv.name())?;
+        *d = Some(dir.clone());
+        Ok(dir)
     }
 
     pub(crate) fn epoch(&self) -> Arc<Epoch> {

@@ -64,4 +64,13 @@ impl<D: Driver> DriverDyn for D {
 pub(crate) struct DriverEntry {
     pub(crate) id: u64,
     pub(crate) drv: Box<dyn DriverDyn>,
+    /// `debug/<driver>`, made by the first binding that asks for it and
+    /// removed when the driver is unregistered.
+    pub(crate) debugfs: std::sync::Mutex<Option<crate::debugfs::Dentry>>,
+}
+
+impl DriverEntry {
+    pub(crate) fn new(drv: Box<dyn DriverDyn>) -> Self {
+        DriverEntry { id: crate::id::next(), drv, debugfs: Default::default() }
+    }
 }

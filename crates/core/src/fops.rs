@@ -27,49 +27,130 @@ pub type KResult<T> = Result<T, Errno>;
 /// object runs again.
 ///
 /// Defaults follow the kernel's for a missing method: read/write `EINVAL`,
-/// ioctl `ENOTTY`, poll "always ready", flush succeeds.
+/// ioctl `ENOTTY`, poll "always ready", no flush; the file position is
+/// chosen by [`LLSEEK`](Self::LLSEEK).
 pub trait FileOperations: Send + Sync + Sized + 'static {
     /// Per-open state (Linux `file->private_data`).
     type File: Send + Sync + 'static;
 
     /// Opens the object, creating the per-open state.
-    fn open(&self, cx: &Ctx<'_>) -> KResult<Self::File>;
+    fn open(&self, cx: &OpCtx<'_>) -> KResult<Self::File>;
 
-    /// Reads up to `buf.len()` bytes at `offset` (ignored by stream devices).
-    fn read(&self, _file: &Self::File, _cx: &Ctx<'_>, _buf: &mut [u8], _offset: u64) -> KResult<usize> {
+    /// Reads up to `buf.len()` bytes at `offset`: the file position (always
+    /// 0 on a [`Llseek::Stream`]); the position advances by the count
+    /// returned.
+    fn read(&self, _file: &Self::File, _cx: &OpCtx<'_>, _buf: &mut [u8], _offset: u64) -> KResult<usize> {
         Err(Errno::EINVAL)
     }
 
-    /// Writes `data` at `offset`; returns how many bytes were taken.
-    fn write(&self, _file: &Self::File, _cx: &Ctx<'_>, _data: &[u8], _offset: u64) -> KResult<usize> {
+    /// Writes `data` at `offset` (as for [`read`](Self::read)); returns how
+    /// many bytes were taken.
+    fn write(&self, _file: &Self::File, _cx: &OpCtx<'_>, _data: &[u8], _offset: u64) -> KResult<usize> {
         Err(Errno::EINVAL)
     }
 
     /// Handles an ioctl; the return value is the system call's result.
-    fn ioctl(&self, _file: &Self::File, _cx: &Ctx<'_>, _io: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _file: &Self::File, _cx: &OpCtx<'_>, _io: &mut Ioctl<'_>) -> KResult<i64> {
         Err(Errno::ENOTTY)
     }
 
     /// Reports readiness, registering the wait queues whose wake-up may
     /// change it with [`PollTable::wait`] (Linux `poll_wait`).
-    fn poll(&self, _file: &Self::File, _cx: &Ctx<'_>, _pt: &PollTable<'_>) -> PollMask {
+    fn poll(&self, _file: &Self::File, _cx: &OpCtx<'_>, _pt: &PollTable<'_>) -> PollMask {
         PollMask::DEFAULT
     }
 
-    /// Whether [`flush`](Self::flush) is implemented. A transport may skip
-    /// the call on close when it is not (FUSE's `FOPEN_NOFLUSH`, one round
-    /// trip less per close). Set it to `true` when overriding `flush`.
-    const HAS_FLUSH: bool = false;
+    /// How the file position works (Linux: the `llseek` method, or
+    /// `stream_open`/`nonseekable_open` in `open`). Default:
+    /// [`Llseek::Stream`].
+    const LLSEEK: Llseek = Llseek::Stream;
 
-    /// Called on every close of a descriptor (Linux `->flush`). Only called
-    /// by every transport if [`HAS_FLUSH`](Self::HAS_FLUSH) is `true`.
-    fn flush(&self, _file: &Self::File, _cx: &Ctx<'_>) -> KResult<()> {
-        Ok(())
-    }
+    /// The `flush` handler, called on every close of a descriptor (Linux
+    /// `->flush`), or `None` (the default) for none.
+    ///
+    /// As in a C `struct file_operations`, the handler's presence is the
+    /// information: a transport skips the round trip on close when it is
+    /// `None` (FUSE's `FOPEN_NOFLUSH`), and there is no separate flag to
+    /// forget. Point it at a method of the type:
+    ///
+    /// ```
+    /// use devlife_core::fops::{FileOperations, FlushFn, KResult, OpCtx};
+    /// struct Port;
+    /// impl Port {
+    ///     fn drain(&self, _file: &(), _cx: &OpCtx<'_>) -> KResult<()> { Ok(()) }
+    /// }
+    /// impl FileOperations for Port {
+    ///     type File = ();
+    ///     fn open(&self, _: &OpCtx<'_>) -> KResult<()> { Ok(()) }
+    ///     const FLUSH: Option<FlushFn<Self>> = Some(Self::drain);
+    /// }
+    /// ```
+    const FLUSH: Option<FlushFn<Self>> = None;
 
     /// The last close of an open file, or its forced release during removal.
     fn release(&self, file: Self::File) {
         drop(file);
+    }
+}
+
+/// A [`FileOperations::FLUSH`] handler.
+pub type FlushFn<T> = fn(&T, &<T as FileOperations>::File, &OpCtx<'_>) -> KResult<()>;
+
+/// How a file's position works: what `lseek` does and which `offset`
+/// reaches `read` and `write` (Linux: `file_operations.llseek` and the
+/// open-time `stream_open`/`nonseekable_open`).
+///
+/// A driver written the kernel way, returning the bytes of a buffer from
+/// `offset` on (`simple_read_from_buffer(buf, count, ppos, ...)`), needs a
+/// node with a position ([`Default`](Self::Default), [`NoSeek`](Self::NoSeek)
+/// or [`Fixed`](Self::Fixed)): on a stream every read gets offset 0, and
+/// `cat` would read the same text forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[doc(alias = "llseek")]
+pub enum Llseek {
+    /// No position (`stream_open`): every `read` and `write` gets offset
+    /// 0; `lseek`, `pread` and `pwrite` fail `ESPIPE`. For FIFOs, event
+    /// queues, anything where data is consumed. Threads sharing a
+    /// descriptor do not serialise on a position, and writes may run in
+    /// parallel.
+    #[default]
+    Stream,
+    /// A position that `read` and `write` advance by what they return, and
+    /// `lseek` fails `ESPIPE` (`nonseekable_open`; a kernel character
+    /// device without `.llseek`).
+    #[doc(alias = "nonseekable_open")]
+    #[doc(alias = "no_llseek")]
+    NoSeek,
+    /// `default_llseek`: `lseek` to any position from the start or the
+    /// current one; `SEEK_END` is relative to size 0.
+    #[doc(alias = "default_llseek")]
+    Default,
+    /// `fixed_size_llseek`: like [`Default`](Self::Default), with
+    /// `SEEK_END` relative to this size, which `stat` reports too. Over
+    /// FUSE, the kernel lets `lseek` go past the size (it checks only
+    /// against its own limit); `read` there returns what the driver says
+    /// (0, end of file, for a driver written the kernel way).
+    #[doc(alias = "fixed_size_llseek")]
+    Fixed(u64),
+}
+
+impl Llseek {
+    /// Whether the file has a position that `read` and `write` advance.
+    pub fn has_position(self) -> bool {
+        self != Llseek::Stream
+    }
+
+    /// Whether `lseek` works.
+    pub fn seekable(self) -> bool {
+        matches!(self, Llseek::Default | Llseek::Fixed(_))
+    }
+
+    /// The size `stat` reports.
+    pub fn size(self) -> u64 {
+        match self {
+            Llseek::Fixed(n) => n,
+            _ => 0,
+        }
     }
 }
 
@@ -97,7 +178,7 @@ pub struct Caller<'a> {
 }
 
 /// The context of one operation: who called, and how to sleep.
-pub struct Ctx<'a> {
+pub struct OpCtx<'a> {
     pub(crate) caller: Caller<'a>,
     pub(crate) kind: NodeKind,
     /// The object's gate (Removed), the open file's gate (Removed: the file
@@ -107,7 +188,7 @@ pub struct Ctx<'a> {
     n: usize,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> OpCtx<'a> {
     pub(crate) fn new(
         caller: Caller<'a>,
         kind: NodeKind,
@@ -124,7 +205,7 @@ impl<'a> Ctx<'a> {
             sources[n] = s;
             n += 1;
         }
-        Ctx { caller, kind, sources, n }
+        OpCtx { caller, kind, sources, n }
     }
 
     /// The caller's credentials.

@@ -50,6 +50,10 @@ impl KthreadStop {
 /// (after everything registered later, before everything registered
 /// earlier), so `f` may use what was set up before it.
 ///
+/// The thread counts as inside the binding: an unbind it asks for
+/// ([`Device::unbind`](crate::Device::unbind)) is completed by another
+/// thread once `f` has returned, as one asked from a handler is.
+///
 /// # Errors
 ///
 /// [`Error::NoSpace`] if the thread cannot be started, [`Error::Detached`]
@@ -93,9 +97,10 @@ pub fn devm_kthread_run(
 ) -> Result<()> {
     let stop = Arc::new(CancelSource::new());
     let token = KthreadStop { stop: stop.clone() };
+    let binding = host.binding_id();
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || f(&token))
+        .spawn(move || crate::node::run_in_binding(binding, || f(&token)))
         .map_err(|_| Error::NoSpace("threads"))?;
     host.devres().add_or_reset(format!("kthread_stop:{name}"), move || {
         stop.cancel();

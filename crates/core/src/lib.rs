@@ -11,13 +11,80 @@
 //! left it, through one in-flight-operation mechanism
 //! ([`devlife_gate::Gate`]) shared by all of them.
 //!
+//! # Examples
+//!
+//! A driver whose character device reads the host's context, bound,
+//! used, and unbound with a file still open:
+//!
+//! ```
+//! use devlife_core::*;
+//! use std::sync::Arc;
+//!
+//! /// The host's context: what the binding owns and the handlers borrow.
+//! struct Hello { greeting: String }
+//!
+//! /// The character device's operations.
+//! struct HelloDev(Arc<Hello>);
+//!
+//! impl FileOperations for HelloDev {
+//!     type File = ();
+//!     const LLSEEK: Llseek = Llseek::Default; // `cat` reads to the end
+//!     fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> { Ok(()) }
+//!     fn read(&self, _: &(), _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
+//!         // No `try_access`: the removal waits for this handler.
+//!         let text = self.0.greeting.as_bytes();
+//!         let start = (offset as usize).min(text.len());
+//!         let n = buf.len().min(text.len() - start);
+//!         buf[..n].copy_from_slice(&text[start..start + n]);
+//!         Ok(n)
+//!     }
+//! }
+//!
+//! struct HelloDriver;
+//!
+//! impl Driver for HelloDriver {
+//!     type Data = Arc<Hello>;
+//!     fn name(&self) -> &str { "hello" }
+//!     fn id_table(&self) -> &[&str] { &["hello"] }
+//!     fn probe(&self, dev: &Bound<'_>) -> KResult<Arc<Hello>> {
+//!         let ctx = Arc::new(Hello { greeting: format!("hello from {}\n", dev.name()) });
+//!         let region = dev.system().alloc_chrdev_region(0, 1, "hello")?;
+//!         let node = DeviceNode::new(dev.name(), region.first());
+//!         dev.devres().add_or_reset("region", move || drop(region))?;
+//!         // Removed at unbind, before `ctx` is dropped.
+//!         devm_cdev_device_add(dev, Cdev::new(HelloDev(ctx.clone())), node)?;
+//!         Ok(ctx)
+//!     }
+//! }
+//!
+//! let sys = System::new();
+//! let bus = sys.bus_register("platform")?;
+//! bus.register_driver(HelloDriver)?;
+//! bus.add_device("hello0", "hello")?; // probes
+//!
+//! let file = sys.dev_lookup("hello0").unwrap().node.open(&Caller::default())?;
+//! let mut buf = [0u8; 64];
+//! let n = file.read(&mut buf, 0, &Caller::default())?;
+//! assert_eq!(&buf[..n], b"hello from hello0\n");
+//!
+//! bus.unbind("hello0", None)?; // returns once no handler is inside
+//! assert_eq!(file.read(&mut buf, 0, &Caller::default()), Err(Errno::ENODEV));
+//! assert!(sys.dev_lookup("hello0").is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! To serve a system to real processes (`cat`, `ioctl`, `poll` on a FUSE
+//! mount), see the `devlife-serve` crate.
+//!
 //! * [`System`]: one driver core: buses, device numbers, device nodes,
 //!   classes, debugfs, counters.
 //! * [`Bus`], [`Device`], [`Driver`], [`Bound`]: match, probe, bind,
 //!   unbind, hot-plug, driver registration (`drivers/base`).
 //! * [`Devres`]: managed resources released newest first at unbind and on
-//!   probe failure (`drivers/base/devres.c`); [`devm_kthread_run`]: a
-//!   thread the binding stops and joins.
+//!   probe failure (`drivers/base/devres.c`); [`devm_kthread_run`] and
+//!   [`devm_delayed_work_autocancel`]: a thread and delayed work the
+//!   binding stops and joins; [`Bound::driver_debugfs`]: a driver's
+//!   debugfs directory, removed with the driver.
 //! * [`FileOperations`], [`Cdev`],
 //!   [`cdev_device_add`], [`devm_cdev_device_add`], chrdev regions,
 //!   [`misc_register`] (`fs/char_dev.c`, `drivers/char/misc.c`).
@@ -76,6 +143,7 @@ pub mod stats;
 pub mod store;
 pub mod system;
 pub mod text;
+pub mod work;
 
 pub use attr::{DeviceAttribute, devm_device_create_file};
 pub use bus::{Bus, Unbound};
@@ -86,12 +154,15 @@ pub use devres::Devres;
 pub use driver::Driver;
 pub use errno::{Errno, NodeKind};
 pub use error::{Error, Result};
-pub use fops::{Caller, Credentials, FileOperations, Ioctl, KResult, PollMask, PollTable};
+pub use fops::{
+    Caller, Credentials, FileOperations, FlushFn, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable,
+};
 pub use ioctl::{IoctlCmd, IoctlDef};
 pub use kthread::{KthreadStop, devm_kthread_run};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed, quiet_handler_panics};
 pub use system::{Change, DevNode, System, WeakSystem};
+pub use work::{DelayedWork, devm_delayed_work_autocancel};
 
 /// The gate crate, re-exported for drivers' wait queues and locks.
 pub use devlife_gate as gate;

@@ -33,7 +33,7 @@
 
 use crate::device::Epoch;
 use crate::errno::{Errno, NodeKind};
-use crate::fops::{Caller, Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
+use crate::fops::{Caller, FileOperations, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable};
 use crate::ioctl::IoctlCmd;
 use crate::stats::Stats;
 use devlife_gate::{Event, Revocable, RevocableGuard, Wake};
@@ -159,7 +159,7 @@ impl<F: FileOperations> Node<F> {
     fn open(self: &Arc<Self>, caller: &Caller<'_>) -> KResult<File> {
         let (ops, guard) = self.enter(self.kind.open_after_removal())?;
         let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
-        let cx = Ctx::new(*caller, self.kind, self.ops.gate().cancel_source(), None);
+        let cx = OpCtx::new(*caller, self.kind, self.ops.gate().cancel_source(), None);
         let private = self.catch("open", || ops.open(&cx))?;
         let state = Arc::new(OpenState {
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
@@ -184,14 +184,14 @@ impl<F: FileOperations> Node<F> {
         st: &OpenState<F>,
         caller: &Caller<'_>,
         what: &str,
-        f: impl FnOnce(&F, &F::File, &Ctx<'_>) -> KResult<R>,
+        f: impl FnOnce(&F, &F::File, &OpCtx<'_>) -> KResult<R>,
     ) -> KResult<R> {
         let (ops, _guard) = self.enter(self.kind.op_after_removal())?;
         // Released already: only a transport that releases a file while one
         // of its requests is still running can get here.
         let file = st.private.try_access().ok_or(Errno::EBADF)?;
         let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
-        let cx = Ctx::new(
+        let cx = OpCtx::new(
             *caller,
             self.kind,
             self.ops.gate().cancel_source(),
@@ -228,7 +228,8 @@ impl<F: FileOperations> Node<F> {
     }
 
     fn flush(&self, st: &OpenState<F>, caller: &Caller<'_>) -> KResult<()> {
-        match self.call(st, caller, "flush", |ops, file, cx| ops.flush(file, cx)) {
+        let Some(flush) = F::FLUSH else { return Ok(()) };
+        match self.call(st, caller, "flush", flush) {
             // Flush after removal succeeds: there is nothing left to flush.
             Err(e) if e == self.kind.op_after_removal() && self.ops.is_revoked() => Ok(()),
             r => r,
@@ -366,9 +367,13 @@ pub(crate) trait NodeDyn: Send + Sync {
     fn inside(&self) -> usize;
     fn open_files(&self) -> usize;
     fn id(&self) -> u64;
+    fn llseek(&self) -> Llseek;
 }
 
 impl<F: FileOperations> NodeDyn for Node<F> {
+    fn llseek(&self) -> Llseek {
+        F::LLSEEK
+    }
     fn open(self: Arc<Self>, caller: &Caller<'_>) -> KResult<File> {
         Node::open(&self, caller)
     }
@@ -440,6 +445,12 @@ impl NodeRef {
     pub fn id(&self) -> u64 {
         self.0.id()
     }
+
+    /// How the files of this object keep their position
+    /// ([`FileOperations::LLSEEK`]; its size is what `stat` reports).
+    pub fn llseek(&self) -> Llseek {
+        self.0.llseek()
+    }
 }
 
 impl std::fmt::Debug for NodeRef {
@@ -464,6 +475,7 @@ trait FileDyn: Send + Sync {
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask;
     fn flush(&self, caller: &Caller<'_>) -> KResult<()>;
     fn has_flush(&self) -> bool;
+    fn llseek(&self) -> Llseek;
     fn release(&self);
     fn kind(&self) -> NodeKind;
 }
@@ -493,7 +505,10 @@ impl<F: FileOperations> FileDyn for OpenFile<F> {
         self.node.flush(&self.state, caller)
     }
     fn has_flush(&self) -> bool {
-        F::HAS_FLUSH
+        F::FLUSH.is_some()
+    }
+    fn llseek(&self) -> Llseek {
+        F::LLSEEK
     }
     fn release(&self) {
         self.node.release(&self.state)
@@ -559,11 +574,16 @@ impl File {
         self.inner.flush(caller)
     }
 
-    /// Whether the driver implements `flush`
-    /// ([`FileOperations::HAS_FLUSH`]); if not, [`flush`](Self::flush) does
-    /// nothing and a transport need not call it.
+    /// Whether the driver has a `flush` ([`FileOperations::FLUSH`]); if
+    /// not, [`flush`](Self::flush) does nothing and a transport need not
+    /// call it.
     pub fn has_flush(&self) -> bool {
         self.inner.has_flush()
+    }
+
+    /// How the file's position works ([`FileOperations::LLSEEK`]).
+    pub fn llseek(&self) -> Llseek {
+        self.inner.llseek()
     }
 
     /// Releases the file now (idempotent; dropping the handle does it too).
@@ -618,6 +638,15 @@ impl Drop for HandlerScope {
             let _ = HANDLERS.try_with(|h| h.borrow_mut().pop());
         }
     }
+}
+
+/// Runs `f` as part of `binding` (a bound thread's or work item's body):
+/// a removal of the binding asked from inside `f` is then deferred, as it
+/// is from a handler, instead of joining the thread that asked.
+pub(crate) fn run_in_binding<R>(binding: u64, f: impl FnOnce() -> R) -> R {
+    let pushed = HANDLERS.try_with(|h| h.borrow_mut().push(binding)).is_ok();
+    let _scope = HandlerScope(pushed);
+    f()
 }
 
 /// Whether the current thread is running a handler of `binding`.

@@ -158,7 +158,7 @@ impl System {
             next_binding: AtomicU64::new(1),
             nodes: Mutex::new(Vec::new()),
             gated,
-            default_owner: Mutex::new((0, 0)),
+            default_owner: Mutex::new(process_owner()),
             hooks: Mutex::new(Vec::new()),
             _misc_region: Mutex::new(None),
         });
@@ -281,8 +281,9 @@ impl System {
         nodes.push(Arc::downgrade(node));
     }
 
-    /// Sets the owner of device nodes whose driver names none (a server
-    /// sets its own user, so that its nodes are its own by default).
+    /// Sets the owner of device nodes whose driver names none (by default
+    /// the user and group the process runs as, so that a server's nodes
+    /// are its own).
     pub fn set_default_owner(&self, uid: u32, gid: u32) {
         *lock(&self.inner.default_owner) = (uid, gid);
     }
@@ -308,4 +309,11 @@ impl std::fmt::Debug for System {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("System").field("buses", &lock(&self.inner.buses).keys().collect::<Vec<_>>()).finish()
     }
+}
+
+/// The effective user and group of this process (the owner of its
+/// `/proc/self`), or root's if that cannot be read.
+fn process_owner() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()))
 }

@@ -2,7 +2,7 @@
 //! attributes and of debugfs's typed helpers (Linux `simple_attr`).
 
 use crate::errno::Errno;
-use crate::fops::{Ctx, FileOperations, KResult};
+use crate::fops::{FileOperations, KResult, Llseek, OpCtx};
 use std::sync::Mutex;
 
 /// Renders the file's text.
@@ -43,11 +43,14 @@ impl FileOperations for TextFile {
     /// The rendered text, once read at offset 0.
     type File = Mutex<Option<String>>;
 
-    fn open(&self, _cx: &Ctx<'_>) -> KResult<Self::File> {
+    /// Seekable, as sysfs and debugfs files are: `cat` reads to the end.
+    const LLSEEK: Llseek = Llseek::Default;
+
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<Self::File> {
         Ok(Mutex::new(None))
     }
 
-    fn read(&self, file: &Self::File, _cx: &Ctx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
+    fn read(&self, file: &Self::File, _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
         let mut snap = file.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 || snap.is_none() {
             *snap = Some((self.show)()?);
@@ -59,7 +62,7 @@ impl FileOperations for TextFile {
         Ok(n)
     }
 
-    fn write(&self, _file: &Self::File, _cx: &Ctx<'_>, data: &[u8], offset: u64) -> KResult<usize> {
+    fn write(&self, _file: &Self::File, _cx: &OpCtx<'_>, data: &[u8], offset: u64) -> KResult<usize> {
         let store = self.store.as_ref().ok_or(Errno::EACCES)?;
         if offset != 0 || data.len() > STORE_MAX {
             return Err(Errno::EINVAL);

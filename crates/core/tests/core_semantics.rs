@@ -2,7 +2,7 @@
 //! misc devices, regions, names, devres, handler panics, bus errors.
 
 use devlife_core::debugfs::Dentry;
-use devlife_core::fops::{Ctx, FileOperations, KResult, PollMask, PollTable};
+use devlife_core::fops::{FileOperations, KResult, OpCtx, PollMask, PollTable};
 use devlife_core::gate::WaitQueue;
 use devlife_core::name::NameError;
 use devlife_core::*;
@@ -29,16 +29,16 @@ struct Sleepy {
 
 impl FileOperations for Sleepy {
     type File = ();
-    fn open(&self, _: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
-    fn read(&self, _: &(), cx: &Ctx<'_>, _: &mut [u8], _: u64) -> KResult<usize> {
+    fn read(&self, _: &(), cx: &OpCtx<'_>, _: &mut [u8], _: u64) -> KResult<usize> {
         cx.wait_event(&self.wq, || false).map(|()| 0)
     }
-    fn ioctl(&self, _: &(), _: &Ctx<'_>, _: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _: &(), _: &OpCtx<'_>, _: &mut Ioctl<'_>) -> KResult<i64> {
         panic!("injected handler panic");
     }
-    fn poll(&self, _: &(), _: &Ctx<'_>, pt: &PollTable<'_>) -> PollMask {
+    fn poll(&self, _: &(), _: &OpCtx<'_>, pt: &PollTable<'_>) -> PollMask {
         pt.wait(&self.wq);
         PollMask::NONE
     }
@@ -213,7 +213,7 @@ fn probe_failure_unwinds_devres_in_reverse() {
 struct Nop;
 impl FileOperations for Nop {
     type File = ();
-    fn open(&self, _: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
 }
@@ -300,10 +300,10 @@ struct Spinner {
 
 impl FileOperations for Spinner {
     type File = ();
-    fn open(&self, _: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
-    fn ioctl(&self, _: &(), _: &Ctx<'_>, _: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _: &(), _: &OpCtx<'_>, _: &mut Ioctl<'_>) -> KResult<i64> {
         self.inside.store(true, Ordering::SeqCst);
         while !self.go.load(Ordering::SeqCst) {
             thread::yield_now();

@@ -13,7 +13,7 @@
 //! deferred worker itself) and every kind of request from inside (`unbind`,
 //! `delete_device`). Waits are hang guards (60 s), not timings.
 
-use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult};
+use devlife_core::fops::{FileOperations, Ioctl, KResult, OpCtx};
 use devlife_core::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -70,10 +70,10 @@ struct Ops {
 
 impl FileOperations for Ops {
     type File = ();
-    fn open(&self, _: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
-    fn ioctl(&self, _: &(), _: &Ctx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _: &(), _: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
         if io.cmd() != GO {
             return Err(Errno::ENOTTY);
         }

@@ -4,8 +4,8 @@
 //! Each takes arbitrary bytes and must neither panic nor, when it refuses
 //! the input, change any state.
 
-use crate::serve::{control, default_system, tree::Control};
-use devlife_core::{Caller, System};
+use crate::serve::{SIM_BUS, default_system};
+use devlife_core::{Caller, System, store};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 
@@ -64,19 +64,21 @@ fn snapshot(sys: &System) -> Vec<String> {
 pub fn control(data: &[u8]) {
     let Some((&which, text)) = data.split_first() else { return };
     let r = rig();
-    let bus = || "sim".to_owned();
+    let Some(bus) = r.sys.bus(SIM_BUS) else { return };
+    // The stores behind sys/bus/sim/drivers/xyz/{bind,unbind} and
+    // sys/bus/sim/{new,delete}_device.
+    let before = snapshot(&r.sys);
     let target = match which % 6 {
-        0 => Some(Control::Bind { bus: bus(), driver: "xyz".into() }),
-        1 => Some(Control::Unbind { bus: bus(), driver: "xyz".into() }),
-        2 => Some(Control::NewDevice { bus: bus() }),
-        3 => Some(Control::DeleteDevice { bus: bus() }),
+        0 => Some(("bind", store::bind_store(&bus, "xyz", text))),
+        1 => Some(("unbind", store::unbind_store(&bus, "xyz", text))),
+        2 => Some(("new_device", store::new_device_store(&bus, text))),
+        3 => Some(("delete_device", store::delete_device_store(&bus, text))),
         _ => None,
     };
     match target {
-        Some(c) => {
-            let before = snapshot(&r.sys);
-            if control::write(&r.sys, &c, text).is_err() {
-                assert_eq!(before, snapshot(&r.sys), "a refused {c:?} write changed state");
+        Some((name, result)) => {
+            if result.is_err() {
+                assert_eq!(before, snapshot(&r.sys), "a refused {name} write changed state");
             }
         }
         None => {

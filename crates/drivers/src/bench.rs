@@ -24,7 +24,7 @@ pub const IOCTLS: &[devlife_core::IoctlDef] = &[devlife_core::IoctlDef {
     doc: "increment the count, return it",
 }];
 use devlife_core::debugfs::{Dentry, devm_create_dir};
-use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
+use devlife_core::fops::{FileOperations, Ioctl, KResult, OpCtx, PollMask, PollTable};
 use devlife_core::{Bound, Cdev, DeviceNode, Driver, Errno, System, devm_cdev_device_add};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,21 +49,21 @@ struct BenchDev {
 impl FileOperations for BenchDev {
     type File = ();
 
-    fn open(&self, _cx: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
 
-    fn read(&self, _f: &(), _cx: &Ctx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
+    fn read(&self, _f: &(), _cx: &OpCtx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
         let n = buf.len().min(DATA.len());
         buf[..n].copy_from_slice(&DATA[..n]);
         Ok(n)
     }
 
-    fn write(&self, _f: &(), _cx: &Ctx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
+    fn write(&self, _f: &(), _cx: &OpCtx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
         Ok(data.len())
     }
 
-    fn ioctl(&self, _f: &(), _cx: &Ctx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _f: &(), _cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
         if io.cmd() != XYZ_IOC_COUNT {
             return Err(Errno::ENOTTY);
         }
@@ -72,7 +72,7 @@ impl FileOperations for BenchDev {
         Ok(0)
     }
 
-    fn poll(&self, _f: &(), _cx: &Ctx<'_>, _pt: &PollTable<'_>) -> PollMask {
+    fn poll(&self, _f: &(), _cx: &OpCtx<'_>, _pt: &PollTable<'_>) -> PollMask {
         PollMask::IN | PollMask::OUT
     }
 }

@@ -34,7 +34,7 @@
 //!   `poll` reports `POLLIN` when not empty, `POLLOUT` when not full.
 
 use devlife_core::debugfs::{Dentry, devm_create_dir};
-use devlife_core::fops::{Ctx, FileOperations, Ioctl, KResult, PollMask, PollTable};
+use devlife_core::fops::{FileOperations, Ioctl, KResult, OpCtx, PollMask, PollTable};
 use devlife_core::gate::{CancellableMutex, WaitQueue};
 use devlife_core::{
     Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
@@ -194,11 +194,11 @@ pub struct XyzIoctlDev {
 impl FileOperations for XyzIoctlDev {
     type File = ();
 
-    fn open(&self, _cx: &Ctx<'_>) -> KResult<()> {
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
 
-    fn read(&self, _f: &(), cx: &Ctx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
+    fn read(&self, _f: &(), cx: &OpCtx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -223,7 +223,7 @@ impl FileOperations for XyzIoctlDev {
         }
     }
 
-    fn write(&self, _f: &(), cx: &Ctx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
+    fn write(&self, _f: &(), cx: &OpCtx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -250,7 +250,7 @@ impl FileOperations for XyzIoctlDev {
         }
     }
 
-    fn ioctl(&self, _f: &(), cx: &Ctx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+    fn ioctl(&self, _f: &(), cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
         let ctx = &self.ctx;
         match io.cmd() {
             XYZ_IOC_COUNT => {
@@ -285,7 +285,7 @@ impl FileOperations for XyzIoctlDev {
         }
     }
 
-    fn poll(&self, _f: &(), _cx: &Ctx<'_>, pt: &PollTable<'_>) -> PollMask {
+    fn poll(&self, _f: &(), _cx: &OpCtx<'_>, pt: &PollTable<'_>) -> PollMask {
         pt.wait(&self.ctx.readable);
         pt.wait(&self.ctx.writable);
         let len = lock(&self.ctx.fifo).len();

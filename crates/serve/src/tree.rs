@@ -15,7 +15,7 @@
 //! object a kernel inode stood for.
 
 use devlife_core::debugfs::Dentry;
-use devlife_core::{DevNode, DevT, Device, NodeRef, System};
+use devlife_core::{DevNode, Device, NodeRef, System};
 
 /// A control file (fields: the bus and driver it acts on).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,13 +206,5 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             .map(|d| d.children().into_iter().map(|c| (c.name().to_owned(), debug_obj(c))).collect())
             .unwrap_or_default(),
         _ => Vec::new(),
-    }
-}
-
-/// The device number shown for a node (for `stat`'s size field, nothing else).
-pub fn devt_of(o: &Obj) -> Option<DevT> {
-    match o {
-        Obj::DevNode(n) => Some(n.devt),
-        _ => None,
     }
 }

@@ -1,7 +1,7 @@
 //! The control files: parse what was written, act, and answer only when the
 //! act is complete (for a removal: the whole removal guarantee).
 
-use super::tree::Control;
+use crate::tree::Control;
 use devlife_core::{Errno, System, store};
 
 /// Performs the write `data` to control file `c` (the core's stores do the

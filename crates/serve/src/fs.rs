@@ -1,12 +1,12 @@
 //! [`ServeFs`]: the FUSE operations of the served tree, on top of the
 //! driver core. Errno values cross from the core to the transport here.
 
-use super::control;
-use super::inodes::Inodes;
-use super::tree::{self, Obj};
+use crate::control;
+use crate::inodes::Inodes;
+use crate::tree::{self, Obj};
 use crossbeam_utils::CachePadded;
 use devlife_core::gate::Wake;
-use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, PollMask, System};
+use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, Llseek, PollMask, System};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
     DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, ReadArgs, Req, Transport, TransportStats,
@@ -36,6 +36,21 @@ const O_NONBLOCK: u32 = 0o4000;
 /// does: never the old object, and never `ESTALE`, which the VFS retries
 /// only once and would then hand to the caller.
 const TTL: Duration = Duration::from_secs(1);
+
+/// The open flags that give a device node the position its driver chose:
+/// the kernel keeps the position and answers `lseek` itself (SEEK_END from
+/// the size `getattr` reports), and passes the position as the offset of
+/// every read and write.
+fn position_flags(l: Llseek) -> u32 {
+    match l {
+        // No position, so threads sharing a descriptor do not serialise on
+        // it, and writes run in parallel (the kernel takes no inode lock
+        // for them).
+        Llseek::Stream => fopen::NONSEEKABLE | fopen::STREAM | fopen::PARALLEL_DIRECT_WRITES,
+        Llseek::NoSeek => fopen::NONSEEKABLE,
+        Llseek::Default | Llseek::Fixed(_) => 0,
+    }
+}
 
 /// An open file or directory of the tree.
 enum Handle {
@@ -203,7 +218,7 @@ impl ServeFs {
             Obj::Dir { id, mode } => {
                 (S_IFDIR | mode, self.uid, self.gid, 0, if *id == 0 { TTL } else { Duration::ZERO })
             }
-            Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, 0, TTL),
+            Obj::DevNode(n) => (S_IFREG | n.mode, n.uid, n.gid, n.node.llseek().size(), TTL),
             Obj::Attr { mode, .. } => (S_IFREG | mode, self.uid, self.gid, 4096, Duration::ZERO),
             Obj::Debug(d) => (S_IFREG | d.mode(), self.uid, self.gid, 0, Duration::ZERO),
             Obj::Text { text, .. } => {
@@ -215,7 +230,6 @@ impl ServeFs {
             }
         };
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-        let _ = tree::devt_of(obj);
         (FileAttr { ino, size, mode, nlink, uid, gid, mtime: self.start }, ttl)
     }
 
@@ -352,13 +366,9 @@ impl Filesystem for ServeFs {
         sysfs_open_mode(&obj, flags)?;
         let caller = Self::caller(req, flags);
         let (h, oflags) = match obj {
-            // A stream: no file position, so threads sharing a descriptor
-            // do not serialise on it, and writes run in parallel (the
-            // kernel takes no inode lock for them).
             Obj::DevNode(n) => {
                 let f = n.node.open(&caller).map_err(kerr)?;
-                let flags =
-                    fopen::DIRECT_IO | fopen::NONSEEKABLE | fopen::STREAM | fopen::PARALLEL_DIRECT_WRITES;
+                let flags = fopen::DIRECT_IO | position_flags(f.llseek());
                 (Handle::File(f), flags)
             }
             Obj::Attr { node, .. } => (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO),

@@ -1,0 +1,216 @@
+//! The managed helpers a driver gets from its binding: delayed work, a
+//! bound thread, the driver's debugfs directory, a flush handler, and the
+//! file position a node declares.
+
+use devlife_core::fops::FlushFn;
+use devlife_core::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// A hang guard, not a timing target.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + GUARD;
+    while !cond() {
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::yield_now();
+    }
+}
+
+type Setup = Box<dyn Fn(&Bound<'_>) -> KResult<()> + Send + Sync>;
+
+/// A driver whose probe runs `setup`.
+struct Probe(Setup);
+
+impl Driver for Probe {
+    type Data = ();
+    fn name(&self) -> &str {
+        "helper"
+    }
+    fn id_table(&self) -> &[&str] {
+        &["helper"]
+    }
+    fn probe(&self, dev: &Bound<'_>) -> KResult<()> {
+        (self.0)(dev)
+    }
+}
+
+fn system_with(setup: impl Fn(&Bound<'_>) -> KResult<()> + Send + Sync + 'static) -> (System, Bus) {
+    let sys = System::new();
+    let bus = sys.bus_register("platform").unwrap();
+    bus.register_driver(Probe(Box::new(setup))).unwrap();
+    (sys, bus)
+}
+
+#[test]
+fn delayed_work_runs_once_per_schedule_and_not_after_unbind() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let slot: Arc<Mutex<Option<DelayedWork>>> = Arc::default();
+    let (r, s) = (runs.clone(), slot.clone());
+    let (_sys, bus) = system_with(move |dev| {
+        let r = r.clone();
+        let w = devm_delayed_work_autocancel(dev, "work", move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })?;
+        *s.lock().unwrap() = Some(w);
+        Ok(())
+    });
+    bus.add_device("d0", "helper").unwrap();
+    let w = slot.lock().unwrap().clone().unwrap();
+
+    // schedule: once; a second schedule while pending does nothing.
+    assert!(w.schedule(Duration::from_millis(1)));
+    until("the first run", || runs.load(Ordering::SeqCst) == 1);
+    assert!(!w.is_pending());
+    assert!(w.schedule(GUARD));
+    assert!(!w.schedule(Duration::ZERO), "pending: not scheduled again");
+    // modify: pending or not, runs after the new delay.
+    assert!(w.modify(Duration::ZERO), "it was pending");
+    until("the modified run", || runs.load(Ordering::SeqCst) == 2);
+    // cancel: the pending run never happens.
+    assert!(w.schedule(GUARD));
+    assert!(w.cancel());
+    assert!(!w.cancel());
+
+    // Pending at unbind: cancelled; afterwards scheduling does nothing.
+    assert!(w.schedule(GUARD));
+    bus.unbind("d0", None).unwrap();
+    assert!(!w.is_pending());
+    assert!(!w.schedule(Duration::ZERO));
+    assert!(!w.modify(Duration::ZERO));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn unbind_waits_for_a_running_work_item() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(go_rx));
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    let (_sys, bus) = system_with(move |dev| {
+        let (tx, rx, d) = (entered_tx.clone(), go_rx.clone(), d.clone());
+        let w = devm_delayed_work_autocancel(dev, "slow", move || {
+            tx.send(()).unwrap();
+            let _ = rx.lock().unwrap().recv();
+            d.store(1, Ordering::SeqCst);
+        })?;
+        w.schedule(Duration::ZERO);
+        Ok(())
+    });
+    bus.add_device("d0", "helper").unwrap();
+    entered_rx.recv_timeout(GUARD).unwrap();
+    let unbinder = {
+        let bus = bus.clone();
+        std::thread::spawn(move || bus.unbind("d0", None).map(drop))
+    };
+    // The unbind cannot complete while the work runs.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!unbinder.is_finished());
+    go_tx.send(()).unwrap();
+    unbinder.join().unwrap().unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), 1, "the unbind returned after the run ended");
+}
+
+#[test]
+fn a_bound_thread_may_unbind_its_own_device() {
+    let (_sys, bus) = system_with(|dev| {
+        let me = dev.device().downgrade();
+        devm_kthread_run(dev, "self-unbind", move |stop| {
+            if let Some(d) = me.upgrade() {
+                // Deferred: joining this thread from here would deadlock.
+                d.unbind().unwrap();
+            }
+            while stop.sleep(Duration::from_millis(1)) {}
+        })
+        .map_err(Errno::from)
+    });
+    let dev = bus.add_device("d0", "helper").unwrap();
+    until("the thread's unbind completes", || dev.driver_name().is_none());
+}
+
+#[test]
+fn the_driver_debugfs_directory_is_shared_and_goes_with_the_driver() {
+    let (sys, bus) = system_with(|dev| {
+        let dir = dev.driver_debugfs()?;
+        debugfs::devm_create_dir(dev, &dir, dev.name())?;
+        Ok(())
+    });
+    bus.add_device("d0", "helper").unwrap();
+    bus.add_device("d1", "helper").unwrap();
+    let dir = sys.debugfs().child("helper").expect("debug/helper");
+    let mut names: Vec<_> = dir.children().iter().map(|c| c.name().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["d0", "d1"]);
+    bus.unbind("d0", None).unwrap();
+    assert!(dir.child("d0").is_none(), "a device's entries go at its unbind");
+    assert!(sys.debugfs().child("helper").is_some(), "the driver's stay");
+    bus.unregister_driver("helper").unwrap();
+    assert!(sys.debugfs().child("helper").is_none(), "removed with the driver");
+    assert!(dir.is_removed());
+}
+
+/// A node that counts flushes.
+struct Flushing(Arc<AtomicU64>);
+
+impl Flushing {
+    fn count(&self, _file: &(), _cx: &OpCtx<'_>) -> KResult<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl FileOperations for Flushing {
+    type File = ();
+    const FLUSH: Option<FlushFn<Self>> = Some(Self::count);
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
+        Ok(())
+    }
+}
+
+/// A node with no flush and a fixed size.
+struct Sized4k;
+
+impl FileOperations for Sized4k {
+    type File = ();
+    const LLSEEK: Llseek = Llseek::Fixed(4096);
+    fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn flush_is_called_exactly_when_the_driver_has_one() {
+    let flushes = Arc::new(AtomicU64::new(0));
+    let f = flushes.clone();
+    let (sys, bus) = system_with(move |dev| {
+        let region = dev.system().alloc_chrdev_region(0, 2, "helper")?;
+        let (a, b) = (region.first(), region.devt(1).ok_or(Errno::ENOSPC)?);
+        dev.devres().add_or_reset("region", move || drop(region))?;
+        devm_cdev_device_add(dev, Cdev::new(Flushing(f.clone())), DeviceNode::new("flushing", a))?;
+        devm_cdev_device_add(dev, Cdev::new(Sized4k), DeviceNode::new("sized", b))?;
+        Ok(())
+    });
+    bus.add_device("d0", "helper").unwrap();
+    let c = Caller::default();
+    let flushing = sys.dev_lookup("flushing").unwrap().node;
+    let sized = sys.dev_lookup("sized").unwrap().node;
+    let file = flushing.open(&c).unwrap();
+    assert!(file.has_flush());
+    file.flush(&c).unwrap();
+    file.flush(&c).unwrap();
+    assert_eq!(flushes.load(Ordering::SeqCst), 2);
+    let other = sized.open(&c).unwrap();
+    assert!(!other.has_flush());
+    other.flush(&c).unwrap();
+
+    // The declared position: the stream default, and the fixed size.
+    assert_eq!(file.llseek(), Llseek::Stream);
+    assert!(!file.llseek().has_position());
+    assert_eq!(sized.llseek(), Llseek::Fixed(4096));
+    assert_eq!(other.llseek().size(), 4096);
+    assert!(other.llseek().seekable());
+}

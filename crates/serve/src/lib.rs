@@ -1,0 +1,78 @@
+//! Serve a [`devlife_core::System`] to unmodified processes over FUSE:
+//! its device nodes under `dev/`, buses, drivers, devices, attributes and
+//! classes under `sys/`, debugfs under `debug/`, with the core's removal
+//! guarantee reaching real system calls (`cat`, `echo xyz0 > unbind`,
+//! `ioctl`, `poll`; Ctrl-C on a blocked read).
+//!
+//! # Examples
+//!
+//! A program that serves its own driver (the `led` crate of the
+//! repository's `examples/led`, a simulated LED controller):
+//!
+//! ```no_run
+//! # mod led {
+//! #     pub const BUS: &str = "platform";
+//! #     pub fn register(sys: &devlife_core::System) -> devlife_core::Result<()> {
+//! #         sys.bus_register(BUS).map(drop)
+//! #     }
+//! # }
+//! use devlife_core::System;
+//! use devlife_serve::{Options, Server};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     devlife_serve::init_logging(None);
+//!     let sys = System::new();
+//!     led::register(&sys)?;
+//!     let bus = sys.bus(led::BUS).ok_or("no bus")?;
+//!     bus.add_device("led0", "led")?;
+//!     let mut opts = Options::new();
+//!     if let Some(dir) = std::env::args_os().nth(1) {
+//!         opts = opts.mount_dir(dir);
+//!     }
+//!     let server = Server::start(sys, &opts)?;
+//!     println!("ready {}", server.mount_path().display());
+//!     let why = server.run_until_signal()?;
+//!     eprintln!("stopped: {why:?}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What is served
+//!
+//! ```text
+//! dev/<node>                              device nodes
+//! sys/bus/<bus>/devices/<dev>/            uevent, driver (symlink when bound), attributes
+//! sys/bus/<bus>/drivers/<drv>/            bind, unbind (write a device name), <dev> links
+//! sys/bus/<bus>/new_device, delete_device hot-plug control ("TYPE NAME", "NAME")
+//! sys/class/<class>/<node>/{dev,uevent}   "MAJOR:MINOR", MAJOR=, MINOR=, DEVNAME=
+//! debug/...                               debugfs
+//! ```
+//!
+//! Paths are resolved against the core on every request, so the tree is
+//! never out of date, and a handle on a removed object never reaches
+//! another made later under the same name (`ENOENT`). What each VFS
+//! operation answers on each kind of entry is the table in
+//! `docs/ARCHITECTURE.md`, checked by the repository's `vfs_table` test.
+//!
+//! # Transport
+//!
+//! [`devlife_fuse`]: FUSE over io_uring when the kernel offers it, else
+//! `/dev/fuse` ([`IoUring`]); no worker cap, so requests blocked in
+//! handlers never hold up others, the removal among them.
+
+mod control;
+mod error;
+mod fs;
+mod inodes;
+#[cfg(feature = "log")]
+mod logging;
+mod options;
+mod server;
+mod tree;
+
+pub use devlife_fuse::Transport;
+pub use error::ServeError;
+#[cfg(feature = "log")]
+pub use logging::init_logging;
+pub use options::{IoUring, Options, default_mount_dir};
+pub use server::{Server, Stopped};

@@ -1,0 +1,98 @@
+//! [`Options`]: where and how to serve.
+
+use std::path::{Path, PathBuf};
+
+/// How requests reach the server: FUSE over io_uring or `/dev/fuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoUring {
+    /// FUSE over io_uring when the kernel offers it
+    /// (`/sys/module/fuse/parameters/enable_uring` is `Y`), else
+    /// `/dev/fuse`.
+    #[default]
+    Auto,
+    /// Turn the kernel's switch on first (root), and fail to start if
+    /// FUSE over io_uring cannot be used.
+    On,
+    /// `/dev/fuse` only.
+    Off,
+}
+
+/// Where and how [`Server::start`](crate::Server::start) serves.
+///
+/// Every setting has a default: `Options::new()` mounts at
+/// [`default_mount_dir`], for the serving user only, over io_uring when
+/// the kernel offers it.
+///
+/// # Examples
+///
+/// ```
+/// use devlife_serve::{IoUring, Options};
+/// let o = Options::new().mount_dir("/tmp/leds").allow_other(true).io_uring(IoUring::Off);
+/// assert_eq!(o.dir(), std::path::Path::new("/tmp/leds"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) dir: PathBuf,
+    pub(crate) allow_other: bool,
+    pub(crate) io_uring: IoUring,
+    pub(crate) owner: (u32, u32),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dir: default_mount_dir(),
+            allow_other: false,
+            io_uring: IoUring::Auto,
+            owner: (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
+        }
+    }
+}
+
+impl Options {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Mounts at `dir` (created if missing; a stale mount left there by a
+    /// killed server is cleared).
+    pub fn mount_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+
+    /// Lets other users reach the mount (`allow_other`; non-root servers
+    /// need `user_allow_other` in `/etc/fuse.conf`). The modes and owners
+    /// the drivers give their nodes then decide who may open what.
+    pub fn allow_other(mut self, yes: bool) -> Self {
+        self.allow_other = yes;
+        self
+    }
+
+    /// Chooses the transport.
+    pub fn io_uring(mut self, choice: IoUring) -> Self {
+        self.io_uring = choice;
+        self
+    }
+
+    /// Owner of the tree's directories and of files whose driver sets none
+    /// (default: the serving process's user and group).
+    pub fn owner(mut self, uid: u32, gid: u32) -> Self {
+        self.owner = (uid, gid);
+        self
+    }
+
+    /// The mount directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/devlife` if set, else `/tmp/devlife-<uid>`.
+pub fn default_mount_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("devlife"),
+        _ => PathBuf::from(format!("/tmp/devlife-{}", rustix::process::getuid().as_raw())),
+    }
+}

@@ -1,0 +1,226 @@
+//! [`Server`]: a [`System`] mounted and served, until shutdown.
+
+use crate::error::ServeError;
+use crate::fs::ServeFs;
+use crate::options::{IoUring, Options};
+use devlife_core::System;
+use devlife_fuse::mount::{self, Mount, MountOptions, MountState};
+use devlife_fuse::{Config, Session, Transport};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+/// The kernel's switch for FUSE over io_uring.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// A driver core served over FUSE: `dev/`, `sys/` and `debug/` under the
+/// mount path, each request answered by the [`System`]'s drivers with the
+/// removal guarantee.
+///
+/// [`shutdown`](Self::shutdown) (or dropping the server) removes every
+/// device, each removal waiting for the handlers inside it and releasing
+/// its open files, and then unmounts. Descriptors still open on the mount
+/// then fail (`ENODEV` on device nodes) and the connection ends when the
+/// last is closed.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sys = devlife_core::System::new();
+/// // ... register drivers, add devices ...
+/// let server = devlife_serve::Server::start(sys, &devlife_serve::Options::new())?;
+/// println!("serving at {}", server.mount_path().display());
+/// server.run_until_signal()?;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    sys: System,
+    session: Arc<Session<ServeFs>>,
+    /// The mount; `None` once unmounted (by us, or from outside).
+    mount: Option<Mount>,
+    dir: PathBuf,
+}
+
+/// Why [`Server::run_until_signal`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT or SIGTERM (the signal number).
+    Signal(i32),
+    /// The mount was unmounted or its connection aborted from outside.
+    Unmounted,
+}
+
+impl Server {
+    /// Mounts `opts.dir()` and starts serving `sys`. Returns once requests
+    /// are being answered.
+    ///
+    /// The directory is created if missing; a stale mount there (its
+    /// server was killed: every access fails `ENOTCONN`) is detached
+    /// first; a live one is left alone ([`ServeError::AlreadyMounted`]).
+    pub fn start(sys: System, opts: &Options) -> Result<Server, ServeError> {
+        let dir = opts.dir.clone();
+        prepare_dir(&dir)?;
+        if opts.io_uring == IoUring::On {
+            enable_uring().map_err(ServeError::IoUring)?;
+        }
+        let mount_opts = MountOptions {
+            allow_other: opts.allow_other,
+            fsname: "devlife".into(),
+            subtype: "devlife".into(),
+        };
+        let mut m = mount::mount(&dir, &mount_opts)
+            .map_err(|source| ServeError::Mount { dir: dir.clone(), source })?;
+        let dir = m.dir().to_owned();
+        let fd = m.take_fd().ok_or_else(|| ServeError::Handshake(std::io::Error::other("no connection")))?;
+        let config = Config {
+            io_uring: opts.io_uring != IoUring::Off,
+            mount_dir: Some(dir.clone()),
+            ..Config::default()
+        };
+        let fs = ServeFs::new(sys.clone(), opts.owner.0, opts.owner.1);
+        let stats = fs.transport_stats();
+        // On failure `m` is dropped here, which unmounts.
+        let session = Session::start_with_stats(fd, fs, config, stats).map_err(ServeError::Handshake)?;
+        if opts.io_uring == IoUring::On && session.transport() == Transport::DevFuse {
+            return Err(ServeError::IoUring("the kernel did not set up the rings".into()));
+        }
+        let server = Server { sys, session: Arc::new(session), mount: Some(m), dir };
+        tracing::info!(dir = %server.dir.display(), transport = ?server.transport(), "mounted");
+        Ok(server)
+    }
+
+    /// The mount point (absolute): `dev/`, `sys/` and `debug/` are in it.
+    pub fn mount_path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The system being served (to add devices, register drivers, ... while
+    /// it is served: the tree shows every change at once).
+    pub fn system(&self) -> &System {
+        &self.sys
+    }
+
+    /// How requests reach the server.
+    pub fn transport(&self) -> Transport {
+        self.session.transport()
+    }
+
+    /// Blocks until the mount is unmounted or aborted from outside and
+    /// every file on it is closed.
+    pub fn wait(&self) {
+        self.session.wait();
+    }
+
+    /// Serves until SIGINT or SIGTERM, or until the mount is unmounted from
+    /// outside, then [shuts down](Self::shutdown).
+    pub fn run_until_signal(mut self) -> Result<Stopped, ServeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServeError::Signals)?;
+        let closer = signals.handle();
+        let (tx, rx) = mpsc::channel();
+        {
+            let (s, tx) = (self.session.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("devlife-serve-wait".into())
+                .spawn(move || {
+                    s.wait();
+                    let _ = tx.send(Stopped::Unmounted);
+                })
+                .map_err(ServeError::Signals)?;
+        }
+        let signal_thread = std::thread::Builder::new()
+            .name("devlife-serve-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let _ = tx.send(Stopped::Signal(sig));
+                }
+            })
+            .map_err(ServeError::Signals)?;
+        let why = rx.recv().unwrap_or(Stopped::Unmounted);
+        closer.close();
+        let _ = signal_thread.join();
+        tracing::info!(?why, "stopping");
+        if why == Stopped::Unmounted {
+            // Nothing left to unmount.
+            if let Some(m) = self.mount.take() {
+                std::mem::forget(m);
+            }
+        }
+        self.stop()?;
+        Ok(why)
+    }
+
+    /// Removes every device (each removal waits for the handlers inside it
+    /// and releases its open files), then unmounts.
+    pub fn shutdown(mut self) -> Result<(), ServeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ServeError> {
+        remove_all(&self.sys);
+        match self.mount.take() {
+            Some(m) => m.unmount().map_err(|source| ServeError::Unmount { dir: self.dir.clone(), source }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.mount.is_some() {
+            if let Err(e) = self.stop() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("dir", &self.dir).field("transport", &self.transport()).finish()
+    }
+}
+
+/// Creates `dir` and clears a stale mount there.
+fn prepare_dir(dir: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(dir).or_else(|source| {
+        // A stale mount makes the directory itself fail with ENOTCONN.
+        if mount::state(dir) == MountState::Stale {
+            Ok(())
+        } else {
+            Err(ServeError::MountDir { dir: dir.to_owned(), source })
+        }
+    })?;
+    match mount::state(dir) {
+        MountState::Stale => {
+            tracing::warn!(dir = %dir.display(), "clearing a stale mount (its server is gone)");
+            mount::clear_stale(dir)
+                .map(drop)
+                .map_err(|source| ServeError::ClearStale { dir: dir.to_owned(), source })
+        }
+        MountState::Live => Err(ServeError::AlreadyMounted { dir: dir.to_owned() }),
+        MountState::Free => Ok(()),
+    }
+}
+
+/// Turns on the kernel's FUSE over io_uring (it only lets servers that ask
+/// for it use it), unless it is on already.
+fn enable_uring() -> Result<(), String> {
+    let on = std::fs::read_to_string(ENABLE_URING).map_err(|e| format!("{ENABLE_URING}: {e}"))?;
+    if on.trim() == "Y" {
+        return Ok(());
+    }
+    std::fs::write(ENABLE_URING, "1").map_err(|e| format!("cannot enable it ({ENABLE_URING}): {e}"))
+}
+
+/// Removes every device of every bus, with the full removal guarantee.
+fn remove_all(sys: &System) {
+    for bus in sys.buses() {
+        for d in bus.devices() {
+            if let Err(e) = bus.delete_device(d.name()) {
+                tracing::warn!(device = d.name(), "removing at shutdown: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! `led-serve [DIR]`: serves one simulated LED controller, `led0`, at DIR
+//! (default: `devlife_serve::default_mount_dir()`) until SIGINT or SIGTERM.
+
+use devlife_core::System;
+use devlife_serve::{Options, Server};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    devlife_serve::init_logging(None);
+    let sys = System::new();
+    led::register(&sys)?;
+    let bus = sys.bus(led::BUS).ok_or("no bus")?;
+    bus.add_device("led0", "led")?;
+    let mut opts = Options::new();
+    if let Some(dir) = std::env::args_os().nth(1) {
+        opts = opts.mount_dir(dir);
+    }
+    let server = Server::start(sys, &opts)?;
+    println!("ready {}", server.mount_path().display());
+    let why = server.run_until_signal()?;
+    eprintln!("stopped: {why:?}");
+    Ok(())
+}
