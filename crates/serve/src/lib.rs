@@ -74,5 +74,5 @@ pub use devlife_fuse::Transport;
 pub use error::ServeError;
 #[cfg(feature = "log")]
 pub use logging::init_logging;
-pub use options::{IoUring, Options, default_mount_dir};
+pub use options::{IO_URING_ENV, IoUring, Options, default_mount_dir};
 pub use server::{Server, Stopped};

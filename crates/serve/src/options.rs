@@ -17,11 +17,32 @@ pub enum IoUring {
     Off,
 }
 
+/// The environment variable that sets the default transport.
+pub const IO_URING_ENV: &str = "DEVLIFE_IO_URING";
+
+impl IoUring {
+    /// [`IO_URING_ENV`]'s choice, or [`Auto`](Self::Auto) when it is unset
+    /// (or not `on`, `off` or `auto`, which is reported on stderr).
+    fn from_env() -> Self {
+        match std::env::var(IO_URING_ENV).as_deref() {
+            Err(_) | Ok("auto") => IoUring::Auto,
+            Ok("on") => IoUring::On,
+            Ok("off") => IoUring::Off,
+            Ok(other) => {
+                eprintln!("devlife-serve: {IO_URING_ENV}={other:?} is not on, off or auto; using auto");
+                IoUring::Auto
+            }
+        }
+    }
+}
+
 /// Where and how [`Server::start`](crate::Server::start) serves.
 ///
 /// Every setting has a default: `Options::new()` mounts at
 /// [`default_mount_dir`], for the serving user only, over io_uring when
-/// the kernel offers it.
+/// the kernel offers it. The transport's default can be changed without
+/// touching the program: `DEVLIFE_IO_URING=on|off|auto` in the
+/// environment (as `RUST_LOG` changes the logging).
 ///
 /// # Examples
 ///
@@ -43,7 +64,7 @@ impl Default for Options {
         Options {
             dir: default_mount_dir(),
             allow_other: false,
-            io_uring: IoUring::Auto,
+            io_uring: IoUring::from_env(),
             owner: (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
         }
     }

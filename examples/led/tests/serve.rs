@@ -32,16 +32,33 @@ impl Served {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("led-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // The transport under test (`scripts/test-all` runs both).
+        let transport = match std::env::var("DEVLIFE_TEST_TRANSPORT").as_deref() {
+            Ok("io-uring") => "on",
+            Ok("dev-fuse") => "off",
+            _ => "auto",
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_led-serve"))
             .arg(&dir)
             .env("RUST_LOG", "warn")
+            .env("DEVLIFE_IO_URING", transport)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("ready "), "led-serve said {line:?}");
-        Some(Served { child, dir })
+        let s = Served { child, dir };
+        let stats = s.read("debug/devlife/fuse");
+        let want = match transport {
+            "on" => Some("transport io_uring"),
+            "off" => Some("transport dev_fuse"),
+            _ => None,
+        };
+        if let Some(want) = want {
+            assert!(stats.contains(want), "{transport}: {stats}");
+        }
+        Some(s)
     }
 
     fn path(&self, p: &str) -> PathBuf {
