@@ -156,6 +156,56 @@ impl IoctlCmd {
     }
 }
 
+/// How [`ioctl_table`] writes a driver's ioctls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoctlFormat {
+    /// Name, number, C macro and description, aligned.
+    Table,
+    /// `#define NAME _IOR(...) /* number: description */` lines.
+    C,
+    /// `NAME = 0x...  # macro: description` lines.
+    Python,
+}
+
+impl std::str::FromStr for IoctlFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "table" => Ok(IoctlFormat::Table),
+            "c" => Ok(IoctlFormat::C),
+            "python" => Ok(IoctlFormat::Python),
+            other => Err(format!("{other:?}: table, c or python")),
+        }
+    }
+}
+
+/// A driver's ioctl table as client code needs it: the numbers a C or
+/// Python program would otherwise compute from `_IOW` by hand.
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::ioctl::{IoctlFormat, ioctl_table};
+/// use devlife_core::{IoctlCmd, IoctlDef};
+/// const T: &[IoctlDef] =
+///     &[IoctlDef { name: "LED_IOC_GET", cmd: IoctlCmd::ior(b'L', 1, 4), arg: "__u32", doc: "brightness" }];
+/// assert_eq!(ioctl_table(T, IoctlFormat::Python), "LED_IOC_GET = 0x80044c01  # _IOR('L', 1, __u32): brightness\n");
+/// ```
+pub fn ioctl_table(defs: &[IoctlDef], format: IoctlFormat) -> String {
+    let mut out = String::new();
+    for d in defs {
+        let (n, m) = (d.cmd.raw(), d.cmd.c_macro(d.arg));
+        let line = match format {
+            IoctlFormat::Table => format!("{:<22} {n:#010x}  {m:<24} {}", d.name, d.doc),
+            IoctlFormat::C => format!("#define {:<22} {m:<24} /* {n:#010x}: {} */", d.name, d.doc),
+            IoctlFormat::Python => format!("{} = {n:#010x}  # {m}: {}", d.name, d.doc),
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 impl fmt::Debug for IoctlCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -157,7 +157,7 @@ pub use error::{Error, Result};
 pub use fops::{
     Caller, Credentials, FileOperations, FlushFn, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable,
 };
-pub use ioctl::{IoctlCmd, IoctlDef};
+pub use ioctl::{IoctlCmd, IoctlDef, IoctlFormat, ioctl_table};
 pub use kthread::{KthreadStop, devm_kthread_run};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed, quiet_handler_panics};

@@ -115,19 +115,16 @@ fn print_ioctls(driver: &str, format: &str) -> i32 {
             return 2;
         }
     };
-    for d in table {
-        let n = d.cmd.raw();
-        match format {
-            "table" => println!("{:<22} {n:#010x}  {:<24} {}", d.name, d.cmd.c_macro(d.arg), d.doc),
-            "c" => println!("#define {:<22} {:<24} /* {n:#010x}: {} */", d.name, d.cmd.c_macro(d.arg), d.doc),
-            "python" => println!("{} = {n:#010x}  # {}: {}", d.name, d.cmd.c_macro(d.arg), d.doc),
-            other => {
-                eprintln!("devlife ioctls: --format {other:?}: table, c or python");
-                return 2;
-            }
+    match format.parse() {
+        Ok(f) => {
+            print!("{}", devlife_core::ioctl::ioctl_table(table, f));
+            0
+        }
+        Err(e) => {
+            eprintln!("devlife ioctls: --format {e}");
+            2
         }
     }
-    0
 }
 
 fn main() -> ExitCode {

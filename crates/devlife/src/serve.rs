@@ -115,7 +115,6 @@ pub fn run(o: &Opts) -> i32 {
 
 fn serve(o: &Opts) -> Result<(), String> {
     devlife_serve::init_logging(o.log.as_deref());
-    devlife_core::quiet_handler_panics();
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let sys = if o.ungated { System::ungated() } else { System::new() };

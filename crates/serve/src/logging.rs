@@ -9,7 +9,14 @@
 /// libfuse's `-d`); a removal that waits long for handlers warns with what
 /// is still inside. A bad filter is reported and `info` used. Does nothing
 /// if the program installed a subscriber already.
+///
+/// Also makes a panic in a driver handler one log line naming the node
+/// and the operation (the caller gets `EIO`), with the default panic
+/// output only when `RUST_BACKTRACE` asks for a backtrace
+/// ([`devlife_core::quiet_handler_panics`]).
 pub fn init_logging(filter: Option<&str>) {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(devlife_core::quiet_handler_panics);
     use tracing_subscriber::EnvFilter;
     let text =
         filter.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
