@@ -3,7 +3,9 @@
  * libfuse's multi-threaded loop, serving one file, `bench`, as devlife
  * serves a device node of its `bench` driver, without the gate:
  *
- *   open   direct I/O, not seekable (as devlife's device nodes);
+ *   open   direct I/O, not seekable, no flush, parallel direct writes
+ *          (libfuse 3.15+), as devlife's device nodes; libfuse has no
+ *          field for FOPEN_STREAM, which devlife also sets;
  *   read   returns min(size, 4) bytes;
  *   write  takes every byte;
  *   ioctl  XYZ_IOC_COUNT = _IOR('X', 1, u64): increments a counter and
@@ -14,7 +16,15 @@
  * Written for devlife's benchmark; built by `devlife bench fs` with
  * `cc -O2 peer.c $(pkg-config --cflags --libs fuse3)`.
  */
-#define FUSE_USE_VERSION 35
+/*
+ * API 3.12: the version whose fuse_session_loop_mt takes the
+ * fuse_loop_config made by fuse_loop_cfg_create(). Below 3.12 the call
+ * binds fuse_session_loop_mt_32, which reads that config as the older
+ * struct (max_idle_threads becomes the clone_fd field: 1 idle thread, a
+ * thread made and ended for nearly every request), and libfuse 3.17+
+ * headers hide fuse_loop_cfg_* altogether.
+ */
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -104,6 +114,10 @@ static void p_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->direct_io = 1;
 	fi->nonseekable = 1;
+	fi->noflush = 1;
+#if FUSE_MAJOR_VERSION > 3 || (FUSE_MAJOR_VERSION == 3 && FUSE_MINOR_VERSION >= 15)
+	fi->parallel_direct_writes = 1;
+#endif
 	fuse_reply_open(req, fi);
 }
 

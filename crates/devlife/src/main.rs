@@ -69,6 +69,9 @@ enum BenchCmd {
     /// One client process of `bench fs` (started by it).
     #[command(hide = true)]
     FsClient(bench::client::Opts),
+    /// The floor server of `bench fs` (started by it).
+    #[command(hide = true)]
+    FloorServer(bench::floor::FloorOpts),
 }
 
 /// Restarts the process with glibc's per-thread malloc caches switched
@@ -142,6 +145,9 @@ fn main() -> ExitCode {
         Cmd::Bench { which: BenchCmd::Fs(o) } => return ExitCode::from(bench::fs::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Unplug(o) } => return ExitCode::from(bench::unplug::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::FsClient(o) } => return ExitCode::from(bench::client::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::FloorServer(o) } => {
+            return ExitCode::from(bench::floor::serve(&o) as u8);
+        }
         Cmd::Bench { which: BenchCmd::Peers } => {
             let root = bench::servers::repo_root();
             for (name, built) in [

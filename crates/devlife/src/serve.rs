@@ -99,7 +99,10 @@ fn create_modules_file(sys: &System) -> devlife_core::Result<()> {
     );
     let dir =
         sys.debugfs().child("devlife").ok_or(devlife_core::Error::NoSuchDevice("debugfs devlife".into()))?;
-    dir.create_file("modules", 0o600, file).map(drop)
+    dir.create_file("modules", 0o600, file)?;
+    // The server's context switches, all threads' (`bench fs` reads them).
+    let rusage = TextFile::read_only(|| Ok(crate::bench::rusage_text()));
+    dir.create_file("rusage", 0o444, rusage).map(drop)
 }
 
 /// Runs the server until SIGINT or SIGTERM. Returns the exit status.

@@ -101,6 +101,32 @@ pub struct Counters {
     pub ring_workers: usize,
     /// Times a ring queue grew and kicked itself.
     pub ring_kicks: u64,
+    /// `io_uring_enter` calls of the ring threads (workers and keepers):
+    /// `ring_requests / ring_enters` is how many requests one call served.
+    pub ring_enters: u64,
+}
+
+impl Counters {
+    /// `name value` lines: `transport` (`io_uring`, `dev_fuse` or
+    /// `starting`), `ring_queues` and every count, as servers publish them
+    /// (`debug/devlife/fuse`).
+    pub fn text(&self) -> String {
+        let (name, queues) = match self.transport {
+            Some(Transport::IoUring { queues }) => ("io_uring", queues),
+            Some(Transport::DevFuse) => ("dev_fuse", 0),
+            None => ("starting", 0),
+        };
+        format!(
+            "transport {name}\nring_queues {queues}\nring_requests {}\ndev_requests {}\nring_workers {}\n\
+             dev_workers {}\nring_kicks {}\nring_enters {}\n",
+            self.ring_requests,
+            self.dev_requests,
+            self.ring_workers,
+            self.dev_workers,
+            self.ring_kicks,
+            self.ring_enters
+        )
+    }
 }
 
 /// Live counts of a session's transports, shareable with the file system
@@ -113,6 +139,7 @@ pub struct TransportStats {
     pub(crate) dev_workers: AtomicUsize,
     pub(crate) ring_workers: AtomicUsize,
     pub(crate) ring_kicks: AtomicU64,
+    pub(crate) ring_enters: AtomicU64,
 }
 
 impl TransportStats {
@@ -125,6 +152,7 @@ impl TransportStats {
             dev_workers: self.dev_workers.load(Ordering::Relaxed),
             ring_workers: self.ring_workers.load(Ordering::Relaxed),
             ring_kicks: self.ring_kicks.load(Ordering::Relaxed),
+            ring_enters: self.ring_enters.load(Ordering::Relaxed),
         }
     }
 }

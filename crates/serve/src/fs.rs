@@ -9,7 +9,7 @@ use devlife_core::gate::Wake;
 use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, Llseek, PollMask, System};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
-    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, ReadArgs, Req, Transport, TransportStats,
+    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, ReadArgs, Req, TransportStats,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,16 +152,7 @@ impl ServeFs {
             let file = devlife_core::text::TextFile::read_only(move || {
                 let (n, p) = ino.upgrade().map_or((0, 0), |i| i.counts());
                 let c = t.upgrade().map(|t| t.snapshot()).unwrap_or_default();
-                let (name, queues) = match c.transport {
-                    Some(Transport::IoUring { queues }) => ("io_uring", queues),
-                    Some(Transport::DevFuse) => ("dev_fuse", 0),
-                    None => ("starting", 0),
-                };
-                Ok(format!(
-                    "inodes {n}\npaths {p}\ntransport {name}\nring_queues {queues}\nring_requests {}\n\
-                     dev_requests {}\nring_workers {}\ndev_workers {}\nring_kicks {}\n",
-                    c.ring_requests, c.dev_requests, c.ring_workers, c.dev_workers, c.ring_kicks
-                ))
+                Ok(format!("inodes {n}\npaths {p}\n{}", c.text()))
             });
             if let Some(d) = sys.debugfs().child("devlife") {
                 let _ = d.create_file("fuse", 0o444, file);

@@ -100,7 +100,13 @@ impl Filesystem for Peer {
             reply.error(Errno::EISDIR);
             return;
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NONSEEKABLE);
+        // devlife's flags for a stream device node without flush.
+        let flags = FopenFlags::FOPEN_DIRECT_IO
+            | FopenFlags::FOPEN_NONSEEKABLE
+            | FopenFlags::FOPEN_STREAM
+            | FopenFlags::FOPEN_NOFLUSH
+            | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+        reply.opened(FileHandle(0), flags);
     }
 
     fn read(

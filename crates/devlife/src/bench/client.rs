@@ -5,7 +5,8 @@
 //! Protocol on stdio, so the parent can start every client before any
 //! measures: the client opens its descriptors, prints `ready`, waits for a
 //! line on stdin, runs a warm-up and then the measured interval, and prints
-//! `ops=N ns=WINDOW hist=H` ([`Hist::encode`]) or `error: ...` (exit 1).
+//! `ops=N all=M ns=WINDOW hist=H` (`ops` timed in the window, `all` with
+//! the warm-up; [`Hist::encode`]) or `error: ...` (exit 1).
 
 use super::hist::Hist;
 use rustix::fd::{AsRawFd, OwnedFd};
@@ -138,14 +139,16 @@ fn run_inner(o: &Opts) -> Result<String, String> {
         .into_iter()
         .map(|fd| {
             let (start, path, op) = (start.clone(), o.path.clone(), o.op);
-            std::thread::spawn(move || -> Result<(u64, Hist), String> {
+            std::thread::spawn(move || -> Result<(u64, u64, Hist), String> {
                 start.wait();
                 let t0 = Instant::now();
                 let (measure, end) = (t0 + warm, t0 + warm + dur);
                 let mut h = Hist::default();
                 let mut t = t0;
+                let mut every = 0u64;
                 loop {
                     once(op, &fd, &path)?;
+                    every += 1;
                     let t2 = Instant::now();
                     if t2 >= measure {
                         if t2 >= end {
@@ -157,16 +160,17 @@ fn run_inner(o: &Opts) -> Result<String, String> {
                     }
                     t = t2;
                 }
-                Ok((h.count(), h))
+                Ok((h.count(), every, h))
             })
         })
         .collect();
     let mut all = Hist::default();
-    let mut ops = 0;
+    let (mut ops, mut every) = (0, 0);
     for t in threads {
-        let (n, h) = t.join().map_err(|_| "a client thread panicked".to_owned())??;
+        let (n, e, h) = t.join().map_err(|_| "a client thread panicked".to_owned())??;
         ops += n;
+        every += e;
         all.merge(&h);
     }
-    Ok(format!("ops={ops} ns={} hist={}", dur.as_nanos(), all.encode()))
+    Ok(format!("ops={ops} all={every} ns={} hist={}", dur.as_nanos(), all.encode()))
 }

@@ -17,6 +17,7 @@ use super::{Row, V, machine};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 
 /// Options of `devlife bench fs`.
@@ -61,6 +62,104 @@ pub struct Measured {
     pub rates: Vec<f64>,
     /// Every repetition's latencies.
     pub hist: Hist,
+    /// What the server did meanwhile, over every repetition.
+    pub server: ServerCounts,
+}
+
+/// What a server did during a measurement (warm-up included).
+///
+/// Context switches: servers on devlife's transport report their own
+/// (`getrusage`, every thread, exited ones too: [`rusage_text`]); for the
+/// peers they are summed over `/proc/<pid>/task/*/status` of the threads
+/// alive at each end, so a thread that exited in between takes its count
+/// with it (`threads_started` shows such churn; the fixed peers keep
+/// their threads). Requests per `io_uring_enter` come from the transport's
+/// counters.
+///
+/// [`rusage_text`]: super::rusage_text
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerCounts {
+    /// Client operations over the same span (warm-up included).
+    pub ops: u64,
+    /// Voluntary context switches (the thread slept).
+    pub voluntary: u64,
+    /// Involuntary ones (preempted).
+    pub involuntary: u64,
+    /// Threads that appeared.
+    pub threads_started: u64,
+    /// Requests taken from io_uring entries, and `io_uring_enter` calls
+    /// (devlife's transport only).
+    pub ring: Option<(u64, u64)>,
+}
+
+impl ServerCounts {
+    fn add(&mut self, o: &ServerCounts) {
+        self.ops += o.ops;
+        self.voluntary += o.voluntary;
+        self.involuntary += o.involuntary;
+        self.threads_started += o.threads_started;
+        self.ring = match (self.ring, o.ring) {
+            (Some((a, b)), Some((c, d))) => Some((a + c, b + d)),
+            (x, None) | (None, x) => x,
+        };
+    }
+
+    /// Server context switches per client operation.
+    pub fn switches_per_op(&self) -> f64 {
+        (self.voluntary + self.involuntary) as f64 / self.ops.max(1) as f64
+    }
+
+    /// Ring requests served per `io_uring_enter`.
+    pub fn requests_per_enter(&self) -> Option<f64> {
+        self.ring.filter(|r| r.1 > 0).map(|(r, e)| r as f64 / e as f64)
+    }
+}
+
+/// A server's threads and their context switches now.
+struct ProcSnapshot {
+    tids: std::collections::BTreeSet<u32>,
+    voluntary: u64,
+    involuntary: u64,
+    ring: Option<(u64, u64)>,
+}
+
+fn proc_snapshot(s: &Server) -> Option<ProcSnapshot> {
+    let pid = s.pid()?;
+    let mut snap = ProcSnapshot { tids: Default::default(), voluntary: 0, involuntary: 0, ring: None };
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let field = |k: &str| {
+            status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        snap.tids.insert(tid);
+        snap.voluntary += field("voluntary_ctxt_switches:").unwrap_or(0);
+        snap.involuntary += field("nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    let mut text = s.stats_file().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+    if let Some(m) = s.mount().filter(|_| matches!(s.who, Contender::Devlife | Contender::DevlifeUngated)) {
+        text += &std::fs::read_to_string(m.join("debug/devlife/rusage")).unwrap_or_default();
+    }
+    let get =
+        |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+    snap.ring = get("ring_requests ").zip(get("ring_enters "));
+    // The server's own count, exited threads included, where it gives one.
+    if let (Some(v), Some(i)) = (get("voluntary_switches "), get("involuntary_switches ")) {
+        (snap.voluntary, snap.involuntary) = (v, i);
+    }
+    Some(snap)
+}
+
+/// What happened between two snapshots of a server.
+fn since(a: &ProcSnapshot, b: &ProcSnapshot, ops: u64) -> ServerCounts {
+    // Sums over the threads alive at each end (see `ServerCounts`).
+    ServerCounts {
+        ops,
+        voluntary: b.voluntary.saturating_sub(a.voluntary),
+        involuntary: b.involuntary.saturating_sub(a.involuntary),
+        threads_started: b.tids.difference(&a.tids).count() as u64,
+        ring: a.ring.zip(b.ring).map(|((r0, e0), (r1, e1))| (r1.saturating_sub(r0), e1.saturating_sub(e0))),
+    }
 }
 
 impl Measured {
@@ -79,12 +178,13 @@ impl Measured {
 /// Runs one measurement: `procs` client processes of `threads` threads.
 fn measure(
     exe: &Path,
-    file: &Path,
+    server: &Server,
     op: Op,
     (threads, procs): (usize, usize),
     warmup_ms: u64,
     ms: u64,
-) -> Result<(f64, Hist), String> {
+) -> Result<(f64, Hist, ServerCounts), String> {
+    let file = &server.file;
     let mut children = Vec::new();
     for _ in 0..procs {
         let child = Command::new(exe)
@@ -113,10 +213,11 @@ fn measure(
         outs.push(r);
     }
     // Every client is ready: start them together.
+    let before = proc_snapshot(server);
     for c in &mut children {
         let _ = c.stdin.as_mut().map(|i| i.write_all(b"go\n"));
     }
-    let (mut ops, mut hist) = (0u64, Hist::default());
+    let (mut ops, mut all, mut hist) = (0u64, 0u64, Hist::default());
     for (c, r) in children.iter_mut().zip(&mut outs) {
         let mut line = String::new();
         r.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -126,9 +227,12 @@ fn measure(
             field("ops=").and_then(|v| v.parse().ok()).ok_or_else(|| format!("client: {}", line.trim()))?;
         let h = field("hist=").and_then(Hist::decode).ok_or_else(|| format!("client: {}", line.trim()))?;
         ops += n;
+        all += field("all=").and_then(|v| v.parse::<u64>().ok()).unwrap_or(n);
         hist.merge(&h);
     }
-    Ok((ops as f64 / (ms as f64 / 1000.0), hist))
+    let after = proc_snapshot(server);
+    let counts = before.zip(after).map(|(a, b)| since(&a, &b, all)).unwrap_or_default();
+    Ok((ops as f64 / (ms as f64 / 1000.0), hist, counts))
 }
 
 /// Whether `who` serves `op`.
@@ -171,11 +275,12 @@ pub fn run(o: &FsOpts) -> i32 {
                     if !serves(s.who, op) {
                         continue;
                     }
-                    match measure(&exe, &s.file, op, clients, warmup_ms, ms) {
-                        Ok((rate, h)) => {
+                    match measure(&exe, s, op, clients, warmup_ms, ms) {
+                        Ok((rate, h, counts)) => {
                             let r = results.entry(Key { who: *wi, op: oi, clients: ci }).or_default();
                             r.rates.push(rate);
                             r.hist.merge(&h);
+                            r.server.add(&counts);
                         }
                         Err(e) => {
                             eprintln!("bench fs: {} {}: {e}", s.who.name(), op.name());
@@ -220,6 +325,12 @@ fn row(k: &Key, r: &Measured, threads: usize, procs: usize, reps: usize) -> Row 
         ("p50_us", V::F(r.us(50.0))),
         ("p99_us", V::F(r.us(99.0))),
         ("reps", V::I(reps as u64)),
+        ("server_switches_per_op", V::F(r.server.switches_per_op())),
+        ("server_voluntary", V::I(r.server.voluntary)),
+        ("server_involuntary", V::I(r.server.involuntary)),
+        ("server_threads_started", V::I(r.server.threads_started)),
+        ("ops_counted", V::I(r.server.ops)),
+        ("requests_per_enter", V::F(r.server.requests_per_enter().unwrap_or(f64::NAN))),
     ])
 }
 
@@ -244,13 +355,27 @@ fn print_tables(results: &BTreeMap<Key, Measured>, reps: usize, ms: u64) {
                 continue;
             }
             print!("{:<16}", who.name());
-            for c in cells {
+            for c in &cells {
                 match c {
                     Some(r) => {
                         print!(" | {:>9.0} ({:>6.1} / {:>6.1})", r.ops_per_s(), r.us(50.0), r.us(99.0))
                     }
                     None => print!(" | {:>27}", "-"),
                 }
+            }
+            println!();
+            if who == Contender::DevZero {
+                continue;
+            }
+            // The server's counters: context switches per operation, and
+            // requests per io_uring_enter where the transport counts them.
+            print!("{:<16}", "  switches/op");
+            for c in &cells {
+                let text = c.map(|r| {
+                    let rpe = r.server.requests_per_enter().map(|x| format!(", {x:.2} req/enter"));
+                    format!("{:.2}{}", r.server.switches_per_op(), rpe.unwrap_or_default())
+                });
+                print!(" | {:>27}", text.unwrap_or_else(|| "-".into()));
             }
             println!();
         }

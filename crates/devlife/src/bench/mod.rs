@@ -2,6 +2,7 @@
 //! prints a table or (`--json`) one JSON object per line.
 
 pub mod client;
+pub mod floor;
 pub mod fs;
 pub mod gate;
 pub mod hist;
@@ -95,4 +96,20 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+/// This process's context switches, every thread's (those that exited
+/// too), as `getrusage(RUSAGE_SELF)` counts them:
+/// `voluntary_switches N` and `involuntary_switches N` lines. Servers of
+/// `bench fs` on devlife's transport publish it, so that threads retired
+/// during a measurement keep their counts.
+pub fn rusage_text() -> String {
+    // SAFETY: `getrusage` writes one `struct rusage`, which `zeroed` makes
+    // valid to hold (all integer fields).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable `struct rusage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return String::new();
+    }
+    format!("voluntary_switches {}\ninvoluntary_switches {}\n", ru.ru_nvcsw, ru.ru_nivcsw)
 }

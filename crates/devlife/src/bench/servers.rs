@@ -22,17 +22,20 @@ pub enum Contender {
     Libfuse,
     /// The fuser 0.18 peer.
     Fuser,
-    /// The kernel's `/dev/zero` (no ioctl): the floor.
+    /// devlife's transport answering at once ([`floor`](super::floor)).
+    Floor,
+    /// The kernel's `/dev/zero` (no ioctl): no FUSE at all.
     DevZero,
 }
 
 impl Contender {
     /// Every contender, in table order.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Devlife,
         Contender::DevlifeUngated,
         Contender::Libfuse,
         Contender::Fuser,
+        Contender::Floor,
         Contender::DevZero,
     ];
 
@@ -43,6 +46,7 @@ impl Contender {
             Contender::DevlifeUngated => "devlife-ungated",
             Contender::Libfuse => "libfuse",
             Contender::Fuser => "fuser",
+            Contender::Floor => "floor",
             Contender::DevZero => "/dev/zero",
         }
     }
@@ -135,6 +139,22 @@ impl Server {
         self.mount.as_deref()
     }
 
+    /// The server's process (`None` for `/dev/zero`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The file with the transport's counters, for the contenders that
+    /// run devlife's transport (`debug/devlife/fuse`, the floor's `stats`).
+    pub fn stats_file(&self) -> Option<PathBuf> {
+        let m = self.mount.as_ref()?;
+        match self.who {
+            Contender::Devlife | Contender::DevlifeUngated => Some(m.join("debug/devlife/fuse")),
+            Contender::Floor => Some(m.join(super::floor::STATS_NAME)),
+            _ => None,
+        }
+    }
+
     /// Starts `who` on a fresh mount under `base` (built peers in `peers`).
     pub fn start(who: Contender, base: &Path, exe: &Path, root: &Path) -> Result<Server, String> {
         if who == Contender::DevZero {
@@ -164,6 +184,12 @@ impl Server {
                 let peer = build_fuser(root)?;
                 s.child = Some(spawn_ready(Command::new(peer).arg(&mount).arg("2"))?);
                 s.file = mount.join("bench");
+            }
+            Contender::Floor => {
+                let mut cmd = Command::new(exe);
+                cmd.args(["bench", "floor-server"]).arg(&mount);
+                s.child = Some(spawn_ready(&mut cmd)?);
+                s.file = mount.join(super::floor::NAME);
             }
             Contender::DevZero => unreachable!("handled above"),
         }

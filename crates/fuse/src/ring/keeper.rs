@@ -136,6 +136,7 @@ fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mu
     let mut free: Vec<usize> = Vec::new();
     let mut ok = push(&mut ring, &wake_read(counter)).is_ok();
     while ok {
+        s.stats.ring_enters.fetch_add(1, Ordering::Relaxed);
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -609,6 +609,7 @@ fn serve<F: Filesystem>(
     loop {
         q.spare.fetch_add(1, Ordering::AcqRel);
         slot.mark(q.now_ms());
+        s.stats.ring_enters.fetch_add(1, Ordering::Relaxed);
         let r = ring.submit_and_wait(1);
         slot.unmark();
         let cqe = match r {
