@@ -176,8 +176,17 @@ impl Server {
                 s.file = mount.join("dev/bench0");
             }
             Contender::Libfuse => {
-                let peer = build_libfuse(root)?;
-                s.child = Some(spawn_ready(Command::new(peer).arg(&mount).args(["-o", "clone_fd"]))?);
+                // Another build of the same peer (another libfuse) can stand
+                // in: DEVLIFE_BENCH_LIBFUSE_PEER names the binary,
+                // DEVLIFE_BENCH_LIBFUSE_ARGS adds options (`-o io_uring`).
+                let peer = match std::env::var_os("DEVLIFE_BENCH_LIBFUSE_PEER") {
+                    Some(p) => PathBuf::from(p),
+                    None => build_libfuse(root)?,
+                };
+                let extra = std::env::var("DEVLIFE_BENCH_LIBFUSE_ARGS").unwrap_or_default();
+                let mut cmd = Command::new(peer);
+                cmd.arg(&mount).args(["-o", "clone_fd"]).args(extra.split_whitespace());
+                s.child = Some(spawn_ready(&mut cmd)?);
                 s.file = mount.join("bench");
             }
             Contender::Fuser => {
