@@ -235,9 +235,8 @@ fn blocked_callers_on_one_cpu_never_starve_it() {
         }
     });
     // The flood's idle workers go: /dev/fuse keeps 8 idle; a ring queue
-    // keeps the workers idle since its last burst (four, and those that
-    // decided together: 16 in all on this machine's release build), far
-    // from the 1,100 it had.
+    // keeps the workers idle since its last burst (eight, and those that
+    // decided together), far from the 1,100 it had.
     until(|| {
         let f = fuse_stats(&s);
         let n = |k: &str| f[k].parse::<u64>().unwrap_or(u64::MAX);

@@ -63,11 +63,17 @@ impl Inflight {
 
     /// Registers request `unique`; its source is already cancelled if its
     /// interrupt came first. With `probe`, the source also asks whether
-    /// the caller was interrupted before the handler first sleeps.
-    fn begin(&self, unique: u64, probe: Option<u32>) -> Arc<CancelSource> {
-        let src = Arc::new(match probe {
-            Some(tid) => CancelSource::with_probe(move || crate::ring::signal_pending(tid)),
-            None => CancelSource::new(),
+    /// the caller was interrupted before the handler first sleeps; with
+    /// `on_sleep`, it calls that first.
+    fn begin(&self, unique: u64, probe: Option<u32>, on_sleep: Option<&OnSleep>) -> Arc<CancelSource> {
+        let src = Arc::new(match (probe, on_sleep.cloned()) {
+            (None, None) => CancelSource::new(),
+            (tid, hook) => CancelSource::with_probe(move || {
+                if let Some(h) = &hook {
+                    h();
+                }
+                tid.is_some_and(crate::ring::signal_pending)
+            }),
         });
         let mut sh = self.shard(unique);
         if sh.early.remove(&unique).is_some() {
@@ -100,12 +106,20 @@ impl Inflight {
     }
 }
 
+/// What a transport runs when a handler of one of its requests is about
+/// to sleep (in a cancellable wait: the gate's `wait_event`, a
+/// `CancellableMutex`), once per request: the ring transport makes sure
+/// the handler's queue can take other requests meanwhile.
+pub(crate) type OnSleep = Arc<dyn Fn() + Send + Sync>;
+
 /// Where a request's handling needs to reach.
 pub(crate) struct Context<'a, F> {
     pub(crate) fs: &'a F,
     pub(crate) notifier: &'a Notifier,
     pub(crate) inflight: &'a Inflight,
     pub(crate) max_write: u32,
+    /// See [`OnSleep`].
+    pub(crate) on_sleep: Option<OnSleep>,
 }
 
 /// Which transport a request came by.
@@ -135,7 +149,7 @@ pub(crate) fn process<F: Filesystem>(
     }
     let no_reply = req.op.no_reply();
     let probe = (via == Via::Ring && req.header.pid != 0).then_some(req.header.pid);
-    let src = cx.inflight.begin(unique, probe);
+    let src = cx.inflight.begin(unique, probe, cx.on_sleep.as_ref());
     let r = Req {
         unique,
         nodeid: req.header.nodeid,

@@ -184,6 +184,7 @@ impl<F: Filesystem> Shared<F> {
             notifier: &self.notifier,
             inflight: &self.inflight,
             max_write: self.negotiated.max_write,
+            on_sleep: None,
         }
     }
 

@@ -182,7 +182,7 @@ fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mu
                 continue;
             }
             // A request is in the entry: handled by a thread that may block.
-            took(s, rings, q);
+            took(s, q);
             let (rings2, q2) = (rings.clone(), q.clone());
             let cell = Arc::new(Mutex::new(Some(entry)));
             let c2 = cell.clone();

@@ -23,9 +23,35 @@
 //! `FUSE_IO_URING_CMD_REGISTER`). It waits for a request, handles it to the
 //! end (blocking if the handler blocks), and answers with
 //! `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also makes its entry
-//! available again. A worker that takes a request while no other worker of
-//! its queue is idle starts another first (up to `max_workers` per queue),
-//! so blocked handlers never stop a queue.
+//! available again.
+//!
+//! # Growing
+//!
+//! A queue starts with one worker. Requests that arrive while it handles
+//! one wait in the kernel's queue, and its commit takes the next of them
+//! in the same `io_uring_enter` (`fuse_uring_next_fuse_req`): no wake-up,
+//! no context switch, as a server that handles its entries inline gets.
+//! That holds the waiting requests up only while the handler runs on the
+//! CPU they would run on anyway, so the queue grows (a worker registered,
+//! then kicked: see "Kicks") only when a handler would hold them up
+//! longer, and only if the queue has no spare entry:
+//!
+//! * when a handler is about to sleep in a cancellable wait (the gate's
+//!   `wait_event`, a `CancellableMutex`): the request's interrupt source
+//!   runs a probe before its first sleep, and the ring's probe grows the
+//!   queue first ([`OnSleep`](crate::dispatch::OnSleep));
+//! * when a handler has run for [`LONG_HANDLER`] without returning or
+//!   sleeping so (a driver busy, or asleep some other way): the monitor
+//!   thread, which looks every [`MONITOR_BUSY`] while requests flow,
+//!   grows the queue once for that request, as Go's runtime hands a
+//!   processor on when a goroutine has been in a system call too long.
+//!
+//! There is no cap (`max_workers` is unlimited by default): blocked
+//! handlers never stop a queue, however many there are, and the requests
+//! that would free them (a removal, a write) always find a worker.
+//! Measured by `devlife bench fs`: at 4 client threads on 2 CPUs, server
+//! context switches per request went from 1.00 (a worker woken for each
+//! request) to the figures in `docs/BENCHMARKS.md`.
 //!
 //! # Retiring workers: the keeper
 //!
@@ -109,15 +135,33 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
-/// Workers each queue starts with. A client's request, the `RELEASE` the
-/// kernel sends behind its `close(2)`, and another process's request are
-/// often in flight on one CPU at once; with one worker spare a queue then
-/// rarely grows.
-const INITIAL_WORKERS: usize = 4;
+/// Workers each queue starts with: one, so that requests arriving while it
+/// handles one wait in the kernel's queue and are handed to it by its own
+/// commit, in the same `io_uring_enter`, without a wake-up or a context
+/// switch (the workers of a queue share one CPU: a second one running
+/// beside the first gains nothing). The queue grows only when a handler
+/// would hold the others up (see "Growing").
+const INITIAL_WORKERS: usize = 1;
 
 /// Idle workers a queue keeps: a worker that finishes a request while this
 /// many others have been idle recently retires (see "Retiring workers").
-const IDLE_KEEP: usize = INITIAL_WORKERS;
+/// Twice the concurrency a busy CPU commonly sees (a client's request, the
+/// `RELEASE` behind its `close(2)`, another process's request): with
+/// fewer, a queue at that concurrency retired a worker and re-adopted its
+/// entry over and over, a thread start each time (open-close at 4 client
+/// threads: 42 threads started in 5 s, 0.36x the rate of the same load
+/// at 8).
+const IDLE_KEEP: usize = 8;
+
+/// How long a handler may run before its queue grows, if it neither
+/// sleeps (which grows the queue at once) nor returns: a driver busy
+/// without a cancellable wait.
+const LONG_HANDLER: Duration = Duration::from_millis(2);
+
+/// How often the monitor looks for long handlers while the transport is
+/// busy, and while it is idle.
+const MONITOR_BUSY: Duration = Duration::from_millis(1);
+const MONITOR_IDLE: Duration = Duration::from_millis(20);
 
 /// How recently a worker must have begun waiting to count as recently idle.
 const RECENTLY_IDLE: Duration = Duration::from_millis(50);
@@ -144,9 +188,9 @@ struct Queue {
     spare: AtomicUsize,
     /// Worker threads (with a ring and an entry).
     workers: AtomicUsize,
-    /// When each worker began its current wait (ms since `t0`, plus one; 0
-    /// while it is not waiting), for the decision to retire.
-    waiting: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each worker's [`Slot`]: when it began its current wait (for the
+    /// decision to retire) and its current request (for the monitor).
+    waiting: Mutex<Vec<Arc<Slot>>>,
     /// Workers marked waiting in `waiting` (from the decision to stay to
     /// the end of their wait).
     marked: AtomicUsize,
@@ -175,7 +219,7 @@ impl Queue {
         let others = waiting
             .iter()
             .filter(|w| !Arc::ptr_eq(w, &me.slot))
-            .map(|w| w.load(Ordering::Relaxed))
+            .map(|w| w.waiting.load(Ordering::Relaxed))
             .filter(|&t| t != 0 && now.saturating_sub(t) < recent)
             .count();
         if others >= IDLE_KEEP {
@@ -187,29 +231,39 @@ impl Queue {
 
     /// A record of this worker's waits, until it is dropped.
     fn wait_slot(self: &Arc<Self>) -> WaitSlot {
-        let slot = Arc::new(AtomicU64::new(0));
+        let slot = Arc::new(Slot::default());
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner).push(slot.clone());
         WaitSlot { q: self.clone(), slot }
     }
 }
 
+/// What one worker is doing, in ms since its queue's `t0`, plus one.
+#[derive(Default)]
+struct Slot {
+    /// When it began its current wait; 0 while it is not waiting.
+    waiting: AtomicU64,
+    /// When it began handling its current request; 0 while it handles
+    /// none, or once the monitor has grown the queue for it.
+    running: AtomicU64,
+}
+
 /// A worker's entry in [`Queue::waiting`].
 struct WaitSlot {
     q: Arc<Queue>,
-    slot: Arc<AtomicU64>,
+    slot: Arc<Slot>,
 }
 
 impl WaitSlot {
     /// Marks the worker waiting since `now` (kept if it already is).
     fn mark(&self, now: u64) {
-        if self.slot.swap(now, Ordering::Relaxed) == 0 {
+        if self.slot.waiting.swap(now, Ordering::Relaxed) == 0 {
             self.q.marked.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The worker's wait is over.
     fn unmark(&self) {
-        if self.slot.swap(0, Ordering::Relaxed) != 0 {
+        if self.slot.waiting.swap(0, Ordering::Relaxed) != 0 {
             self.q.marked.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -263,6 +317,8 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
     {
         let q = queues.clone();
         s.spawn("fuse-kicker", move |s| kicker(s, &q, kick_rx));
+        let (q, r) = (queues.clone(), rings.clone());
+        s.spawn("fuse-ring-monitor", move |s| monitor(s, &r, &q));
     }
     for q in &queues {
         keeper::start(s, &rings, q);
@@ -538,13 +594,66 @@ fn commit_sqe(fd: types::Fd, commit_id: u64, q: &Queue) -> squeue::Entry128 {
     opcode::UringCmd80::new(fd, uring::CMD_COMMIT_AND_FETCH).cmd(cmd(commit_id, q.qid)).build()
 }
 
-/// Counts a request taken from one of `q`'s entries; grows the queue when
-/// that was its last spare entry.
-fn took<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) {
-    if q.spare.fetch_sub(1, Ordering::AcqRel) == 1 {
+/// Counts a request taken from one of `q`'s entries. The queue does not
+/// grow here (see "Growing").
+fn took<F: Filesystem>(s: &Arc<Shared<F>>, q: &Queue) {
+    q.spare.fetch_sub(1, Ordering::AcqRel);
+    s.stats.ring_requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Grows `q` by a worker (registered, then kicked) if it has no spare
+/// entry: its handlers are about to hold it up.
+fn grow_if_full<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) {
+    if q.spare.load(Ordering::Acquire) == 0 {
         spawn_worker(s, rings, q, None, true);
     }
-    s.stats.ring_requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The context a worker of `q` handles requests in: one whose handlers,
+/// about to sleep, first grow the queue (see "Growing").
+fn worker_context<'a, F: Filesystem>(s: &'a Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) -> Context<'a, F> {
+    let mut cx = s.context();
+    let (weak, rings, q) = (Arc::downgrade(s), rings.clone(), q.clone());
+    cx.on_sleep = Some(Arc::new(move || {
+        if let Some(s) = weak.upgrade() {
+            grow_if_full(&s, &rings, &q);
+        }
+    }));
+    cx
+}
+
+/// Grows a queue whose handler has run for [`LONG_HANDLER`] with no spare
+/// entry beside it, once per such request; until the session ends.
+fn monitor<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, queues: &[Arc<Queue>]) {
+    let mut last = u64::MAX;
+    while !s.is_ended() {
+        let requests = s.stats.ring_requests.load(Ordering::Relaxed);
+        let busy = requests != last || queues.iter().any(|q| q.spare.load(Ordering::Relaxed) == 0);
+        last = requests;
+        std::thread::sleep(if busy { MONITOR_BUSY } else { MONITOR_IDLE });
+        for q in queues {
+            if q.spare.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            let now = q.now_ms();
+            let long = LONG_HANDLER.as_millis() as u64;
+            let stuck = q
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|w| {
+                    let t = w.running.load(Ordering::Relaxed);
+                    t != 0 && now.saturating_sub(t) >= long
+                })
+                .cloned();
+            if let Some(w) = stuck {
+                // Once per request: the worker sets it again for its next.
+                w.running.store(0, Ordering::Relaxed);
+                grow_if_full(s, rings, q);
+            }
+        }
+    }
 }
 
 /// A request the kernel handed to one of the keeper's entries: handled on
@@ -553,10 +662,12 @@ fn took<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) {
 /// idle workers enough.
 fn adopt<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mut entry: Entry) {
     pin(q);
-    let cx = s.context();
+    let cx = worker_context(s, rings, q);
     let mut out = Vec::new();
-    let commit_id = handle(&cx, &mut entry, &mut out);
     let slot = q.wait_slot();
+    slot.slot.running.store(q.now_ms(), Ordering::Relaxed);
+    let commit_id = handle(&cx, &mut entry, &mut out);
+    slot.slot.running.store(0, Ordering::Relaxed);
     if !q.stays(&slot) {
         match q.keeper.retire(entry, commit_id) {
             Ok(()) => return,
@@ -603,7 +714,7 @@ fn serve<F: Filesystem>(
     mut entry: Entry,
     slot: WaitSlot,
 ) {
-    let cx = s.context();
+    let cx = worker_context(s, rings, q);
     let fd = types::Fd(s.master.as_raw_fd());
     let mut out = Vec::new();
     loop {
@@ -633,8 +744,10 @@ fn serve<F: Filesystem>(
             }
             break;
         }
-        took(s, rings, q);
+        took(s, q);
+        slot.slot.running.store(q.now_ms(), Ordering::Relaxed);
         let commit_id = handle(&cx, &mut entry, &mut out);
+        slot.slot.running.store(0, Ordering::Relaxed);
         if !q.stays(&slot) {
             // No command is outstanding on `ring`: closing it cancels
             // nothing; the entry goes on with the keeper.
