@@ -611,7 +611,11 @@ fn grow_if_full<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Q
 
 /// The context a worker of `q` handles requests in: one whose handlers,
 /// about to sleep, first grow the queue (see "Growing").
-fn worker_context<'a, F: Filesystem>(s: &'a Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>) -> Context<'a, F> {
+fn worker_context<'a, F: Filesystem>(
+    s: &'a Arc<Shared<F>>,
+    rings: &Arc<Rings>,
+    q: &Arc<Queue>,
+) -> Context<'a, F> {
     let mut cx = s.context();
     let (weak, rings, q) = (Arc::downgrade(s), rings.clone(), q.clone());
     cx.on_sleep = Some(Arc::new(move || {
