@@ -270,9 +270,6 @@ impl FileOperations for Blob {
         Ok(())
     }
     fn read(&self, _f: &(), _cx: &OpCtx<'_>, buf: &mut [u8], off: u64) -> KResult<usize> {
-        let start = usize::try_from(off).unwrap_or(usize::MAX).min(self.0.len());
-        let n = buf.len().min(self.0.len() - start);
-        buf[..n].copy_from_slice(&self.0[start..start + n]);
-        Ok(n)
+        Ok(crate::fops::simple_read_from_buffer(buf, off, &self.0))
     }
 }

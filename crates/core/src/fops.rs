@@ -93,6 +93,28 @@ pub trait FileOperations: Send + Sync + Sized + 'static {
     }
 }
 
+/// Copies what `from` holds at `offset` and after into `buf`, as much as
+/// fits; returns how many bytes (0 at or past the end: end of file). The
+/// `read` of a file with a position written the kernel way (Linux
+/// `simple_read_from_buffer`, whose `*ppos` is `offset` here: the
+/// framework advances the position by what `read` returns).
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::fops::simple_read_from_buffer;
+/// let mut buf = [0u8; 4];
+/// assert_eq!(simple_read_from_buffer(&mut buf, 1, b"128\n"), 3);
+/// assert_eq!(&buf[..3], b"28\n");
+/// assert_eq!(simple_read_from_buffer(&mut buf, 9, b"128\n"), 0);
+/// ```
+pub fn simple_read_from_buffer(buf: &mut [u8], offset: u64, from: &[u8]) -> usize {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(from.len());
+    let n = buf.len().min(from.len() - start);
+    buf[..n].copy_from_slice(&from[start..start + n]);
+    n
+}
+
 /// A [`FileOperations::FLUSH`] handler.
 pub type FlushFn<T> = fn(&T, &<T as FileOperations>::File, &OpCtx<'_>) -> KResult<()>;
 

@@ -97,13 +97,35 @@ pub fn devm_kthread_run(
 ) -> Result<()> {
     let stop = Arc::new(CancelSource::new());
     let token = KthreadStop { stop: stop.clone() };
+    spawn_bound(
+        host,
+        name,
+        "kthread_stop",
+        move || f(&token),
+        move || {
+            stop.cancel();
+        },
+    )
+}
+
+/// Starts thread `name` running `body` inside `host`'s binding (an unbind
+/// it asks for is deferred, as from a handler), and registers the managed
+/// action `action:name` that runs `stop` and joins it: what every thread a
+/// binding owns shares.
+pub(crate) fn spawn_bound(
+    host: &Bound<'_>,
+    name: &str,
+    action: &str,
+    body: impl FnOnce() + Send + 'static,
+    stop: impl FnOnce() + Send + 'static,
+) -> Result<()> {
     let binding = host.binding_id();
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || crate::node::run_in_binding(binding, || f(&token)))
+        .spawn(move || crate::node::run_in_binding(binding, body))
         .map_err(|_| Error::NoSpace("threads"))?;
-    host.devres().add_or_reset(format!("kthread_stop:{name}"), move || {
-        stop.cancel();
+    host.devres().add_or_reset(format!("{action}:{name}"), move || {
+        stop();
         if thread.join().is_err() {
             tracing::error!("bound thread panicked");
         }

@@ -32,11 +32,7 @@
 //!     fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> { Ok(()) }
 //!     fn read(&self, _: &(), _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
 //!         // No `try_access`: the removal waits for this handler.
-//!         let text = self.0.greeting.as_bytes();
-//!         let start = (offset as usize).min(text.len());
-//!         let n = buf.len().min(text.len() - start);
-//!         buf[..n].copy_from_slice(&text[start..start + n]);
-//!         Ok(n)
+//!         Ok(fops::simple_read_from_buffer(buf, offset, self.0.greeting.as_bytes()))
 //!     }
 //! }
 //!

@@ -2,7 +2,7 @@
 //! attributes and of debugfs's typed helpers (Linux `simple_attr`).
 
 use crate::errno::Errno;
-use crate::fops::{FileOperations, KResult, Llseek, OpCtx};
+use crate::fops::{FileOperations, KResult, Llseek, OpCtx, simple_read_from_buffer};
 use std::sync::Mutex;
 
 /// Renders the file's text.
@@ -55,11 +55,7 @@ impl FileOperations for TextFile {
         if offset == 0 || snap.is_none() {
             *snap = Some((self.show)()?);
         }
-        let text = snap.as_deref().unwrap_or_default().as_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
-        let n = buf.len().min(text.len() - start);
-        buf[..n].copy_from_slice(&text[start..start + n]);
-        Ok(n)
+        Ok(simple_read_from_buffer(buf, offset, snap.as_deref().unwrap_or_default().as_bytes()))
     }
 
     fn write(&self, _file: &Self::File, _cx: &OpCtx<'_>, data: &[u8], offset: u64) -> KResult<usize> {

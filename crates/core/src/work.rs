@@ -2,9 +2,9 @@
 //! own, cancelled and waited for when the binding ends (Linux
 //! `devm_delayed_work_autocancel`).
 
+use crate::Result;
 use crate::device::Bound;
 use crate::system::lock;
-use crate::{Error, Result};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,8 +137,8 @@ impl std::fmt::Debug for DelayedWork {
 ///
 /// # Errors
 ///
-/// [`Error::NoSpace`] if the work's thread cannot be started,
-/// [`Error::Detached`] if the binding has ended.
+/// [`Error::NoSpace`](crate::Error::NoSpace) if the work's thread cannot be started,
+/// [`Error::Detached`](crate::Error::Detached) if the binding has ended.
 ///
 /// # Examples
 ///
@@ -178,16 +178,7 @@ pub fn devm_delayed_work_autocancel(
     let work = DelayedWork {
         inner: Arc::new(Inner { state: Mutex::new(State::default()), changed: Condvar::new() }),
     };
-    let w = work.clone();
-    let binding = host.binding_id();
-    let thread = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || crate::node::run_in_binding(binding, || w.run(f)))
-        .map_err(|_| Error::NoSpace("threads"))?;
-    let w = work.clone();
-    host.devres().add_or_reset(format!("cancel_delayed_work_sync:{name}"), move || {
-        w.stop();
-        let _ = thread.join();
-    })?;
+    let (w, w2) = (work.clone(), work.clone());
+    crate::kthread::spawn_bound(host, name, "cancel_delayed_work_sync", move || w.run(f), move || w2.stop())?;
     Ok(work)
 }

@@ -26,7 +26,9 @@
 //! context ([`Led`]) is dropped last.
 
 use devlife_core::debugfs::devm_create_dir;
-use devlife_core::fops::{FileOperations, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable};
+use devlife_core::fops::{
+    FileOperations, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable, simple_read_from_buffer,
+};
 use devlife_core::gate::WaitQueue;
 use devlife_core::{
     Bound, Cdev, DelayedWork, Device, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
@@ -141,15 +143,12 @@ impl FileOperations for BrightnessNode {
     fn read(&self, file: &Snapshot, _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
         let mut text = file.text.lock().unwrap_or_else(|e| e.into_inner());
         // A read from the start (or the first read) takes a fresh value;
-        // later ones continue it (simple_read_from_buffer on *ppos).
+        // later ones continue it.
         if offset == 0 || text.is_empty() {
             file.seen.store(self.0.generation.load(Ordering::Acquire), Ordering::Relaxed);
             *text = format!("{}\n", self.0.brightness());
         }
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
-        let n = buf.len().min(text.len() - start);
-        buf[..n].copy_from_slice(&text.as_bytes()[start..start + n]);
-        Ok(n)
+        Ok(simple_read_from_buffer(buf, offset, text.as_bytes()))
     }
 
     fn write(&self, _file: &Snapshot, _cx: &OpCtx<'_>, data: &[u8], _offset: u64) -> KResult<usize> {

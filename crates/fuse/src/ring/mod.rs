@@ -261,6 +261,11 @@ impl WaitSlot {
         }
     }
 
+    /// Whether the worker is marked waiting.
+    fn is_marked(&self) -> bool {
+        self.slot.waiting.load(Ordering::Relaxed) != 0
+    }
+
     /// The worker's wait is over.
     fn unmark(&self) {
         if self.slot.waiting.swap(0, Ordering::Relaxed) != 0 {
@@ -723,7 +728,10 @@ fn serve<F: Filesystem>(
     let mut out = Vec::new();
     loop {
         q.spare.fetch_add(1, Ordering::AcqRel);
-        slot.mark(q.now_ms());
+        // After a request `stays` has marked it already, with the time.
+        if !slot.is_marked() {
+            slot.mark(q.now_ms());
+        }
         s.stats.ring_enters.fetch_add(1, Ordering::Relaxed);
         let r = ring.submit_and_wait(1);
         slot.unmark();
