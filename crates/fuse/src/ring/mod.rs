@@ -126,7 +126,7 @@ use crate::dispatch::{Context, Via, decode_errno, process};
 use crate::fs::Filesystem;
 use crate::session::Shared;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::AsRawFd;
 use rustix::io::Errno;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -809,26 +809,53 @@ fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], rx: Receiver
         tracing::warn!("no mount directory: ring queues that grow are not kicked");
         return;
     };
-    let mut root: Option<Arc<OwnedFd>> = None;
     for qid in rx {
         let Some(q) = queues.get(usize::from(qid)) else { continue };
-        if root.is_none() {
-            use rustix::fs::{Mode, OFlags};
-            root = rustix::fs::open(&dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| tracing::warn!("kicker: cannot open {}: {e}", dir.display()))
-                .ok()
-                .map(Arc::new);
-        }
-        let Some(fd) = root.clone() else { continue };
-        let (q, stats) = (q.clone(), s.stats.clone());
+        let (q, stats, dir) = (q.clone(), s.stats.clone(), dir.clone());
         let sent = std::thread::Builder::new().name(format!("fuse-kick-{qid}")).spawn(move || {
             pin(&q);
             // The answer does not matter, only that a reply is committed.
-            let _ = rustix::fs::fstatfs(&*fd);
-            stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+            if kick(&dir).is_ok() {
+                stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+            }
         });
         if let Err(e) = sent {
             tracing::warn!("kicker: cannot start a kick: {e}");
         }
     }
+}
+
+/// Sends one `STATFS` through the mount at `dir`, from a thread whose
+/// descriptor table holds nothing else.
+///
+/// A request to our own mount may be read by a worker and then never be
+/// answered: the server killed (SIGKILL) before the reply. The kernel
+/// then waits for it uninterruptibly (a sent request ends only with its
+/// reply or the connection's abort), and the connection is aborted only
+/// when the last descriptor of `/dev/fuse` is released, which a thread
+/// sharing the server's descriptor table would prevent from exiting: the
+/// killed server would stay a zombie with this thread in state D forever
+/// (seen in `server_killed_while_clients_are_blocked`). So the thread
+/// first takes a table of its own (`unshare(CLONE_FILES)`) and closes
+/// every copy in it: the server's table, and with it `/dev/fuse`, is then
+/// released when its other threads exit, the abort ends this request, and
+/// this thread exits too.
+fn kick(dir: &std::path::Path) -> rustix::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    // SAFETY: after this, this thread sees none of the process's
+    // descriptors (its table is a copy, closed below) and uses none: it
+    // opens, uses and (at exit, with its table) closes one of its own. No
+    // descriptor from this thread reaches another.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES)? };
+    // SAFETY: close_range(0, ~0, 0) closes every descriptor of this
+    // thread's private table, which only copies of others' descriptors
+    // are in; no owner of those is on this thread (see above).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    if r != 0 {
+        return Err(rustix::io::Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ));
+    }
+    let root = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::fs::fstatfs(&root).map(drop)
 }
