@@ -129,6 +129,10 @@ impl std::fmt::Debug for CdevRegistration {
     }
 }
 
+fn class_of(sys: &System, name: &str) -> Option<String> {
+    lock(&sys.inner.devnodes).by_name.get(name).and_then(|n| n.class.clone())
+}
+
 pub(crate) fn add<F: FileOperations>(
     sys: &System,
     cdev: Cdev<F>,
@@ -171,7 +175,12 @@ pub(crate) fn add<F: FileOperations>(
         );
     }
     sys.track(&node);
-    Ok(CdevRegistration { sys: sys.clone(), name: dev.name, devt: dev.devt, node: Some(node) })
+    let reg = CdevRegistration { sys: sys.clone(), name: dev.name, devt: dev.devt, node: Some(node) };
+    sys.changed(crate::system::Change::DevNodeAdded {
+        name: reg.name.clone(),
+        class: class_of(sys, &reg.name),
+    });
+    Ok(reg)
 }
 
 /// Registers `cdev` and publishes it as `dev` (Linux `cdev_device_add`).

@@ -31,11 +31,11 @@ impl Dir {
     pub const READ_WRITE: Dir = Dir(3);
 
     /// Whether the caller passes data in.
-    pub fn is_write(self) -> bool {
+    pub const fn is_write(self) -> bool {
         self.0 & 1 != 0
     }
     /// Whether the driver passes data out.
-    pub fn is_read(self) -> bool {
+    pub const fn is_read(self) -> bool {
         self.0 & 2 != 0
     }
 }

@@ -139,6 +139,7 @@ pub mod stats;
 pub mod store;
 pub mod system;
 pub mod text;
+pub mod uaccess;
 pub mod work;
 
 pub use attr::{DeviceAttribute, devm_device_create_file};
@@ -158,6 +159,7 @@ pub use kthread::{KthreadStop, devm_kthread_run};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
 pub use node::{File, NodeRef, Removed, quiet_handler_panics};
 pub use system::{Change, DevNode, System, WeakSystem};
+pub use uaccess::{IoctlLayout, IoctlOutcome, UserOut, UserRegion};
 pub use work::{DelayedWork, devm_delayed_work_autocancel};
 
 /// The gate crate, re-exported for drivers' wait queues and locks.

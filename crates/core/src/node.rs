@@ -36,6 +36,7 @@ use crate::errno::{Errno, NodeKind};
 use crate::fops::{Caller, FileOperations, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable};
 use crate::ioctl::IoctlCmd;
 use crate::stats::Stats;
+use crate::uaccess::{IoctlLayout, IoctlOutcome};
 use devlife_gate::{Event, Revocable, RevocableGuard, Wake};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -316,6 +317,15 @@ impl<F: FileOperations> Node<F> {
         Removed::Complete
     }
 
+    /// Blocks until the removal has completed (every handler returned,
+    /// every open file released); at once if it has.
+    fn wait_removed(&self) {
+        let mut r = lock(&self.removal);
+        while *r != Removal::Done {
+            r = self.removed.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn finish_removal(&self) {
         // A removal held up by handlers that neither return nor sleep
         // cancellably says so, once, then goes on waiting.
@@ -362,6 +372,7 @@ impl<F: FileOperations> Node<F> {
 pub(crate) trait NodeDyn: Send + Sync {
     fn open(self: Arc<Self>, caller: &Caller<'_>) -> KResult<File>;
     fn remove_dyn(self: Arc<Self>) -> Removed;
+    fn wait_removed(&self);
     fn is_removed(&self) -> bool;
     fn kind(&self) -> NodeKind;
     fn inside(&self) -> usize;
@@ -379,6 +390,9 @@ impl<F: FileOperations> NodeDyn for Node<F> {
     }
     fn remove_dyn(self: Arc<Self>) -> Removed {
         self.remove()
+    }
+    fn wait_removed(&self) {
+        Node::wait_removed(self)
     }
     fn is_removed(&self) -> bool {
         self.ops.is_revoked()
@@ -446,6 +460,13 @@ impl NodeRef {
         self.0.id()
     }
 
+    /// Blocks until the object's removal has completed: every handler
+    /// returned and every open file released (for a removal another thread
+    /// has started, or is about to: it waits until then, however long).
+    pub fn wait_removed(&self) {
+        self.0.wait_removed()
+    }
+
     /// How the files of this object keep their position
     /// ([`FileOperations::LLSEEK`]; its size is what `stat` reports).
     pub fn llseek(&self) -> Llseek {
@@ -472,6 +493,7 @@ trait FileDyn: Send + Sync {
     fn read(&self, buf: &mut [u8], offset: u64, caller: &Caller<'_>) -> KResult<usize>;
     fn write(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> KResult<usize>;
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64>;
+    fn ioctl_layout(&self, cmd: IoctlCmd) -> (IoctlLayout, bool);
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask;
     fn flush(&self, caller: &Caller<'_>) -> KResult<()>;
     fn has_flush(&self) -> bool;
@@ -497,6 +519,9 @@ impl<F: FileOperations> FileDyn for OpenFile<F> {
     }
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64> {
         self.node.call(&self.state, caller, "ioctl", |ops, f, cx| ops.ioctl(f, cx, io))
+    }
+    fn ioctl_layout(&self, cmd: IoctlCmd) -> (IoctlLayout, bool) {
+        IoctlLayout::of(cmd, F::IOCTL_LAYOUTS)
     }
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask {
         self.node.poll(&self.state, caller, waker)
@@ -539,10 +564,36 @@ impl File {
         output: &mut Vec<u8>,
         caller: &Caller<'_>,
     ) -> KResult<i64> {
+        // A declared layout is one the restricted transport's kernel did
+        // not copy: the argument cannot reach the driver.
+        if self.inner.ioctl_layout(cmd).1 {
+            return Err(Errno::EOPNOTSUPP);
+        }
         if input.len() != cmd.in_size() {
             return Err(Errno::EFAULT);
         }
         self.inner.ioctl(&mut Ioctl::new(cmd, arg, input, output), caller)
+    }
+
+    /// One round of an ioctl over a transport that fetches the caller's
+    /// memory on request (CUSE's unrestricted ioctls; see
+    /// [`uaccess`](crate::uaccess)): `fetched` is what it copied in for
+    /// this round, `out_room` what it will copy back. Returns the result,
+    /// or the regions to fetch before calling again; the output (the
+    /// argument's, then each region's) lands in `output`.
+    pub fn ioctl_unrestricted(
+        &self,
+        cmd: IoctlCmd,
+        arg: u64,
+        fetched: &[u8],
+        out_room: usize,
+        output: &mut Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> KResult<IoctlOutcome> {
+        let (layout, _) = self.inner.ioctl_layout(cmd);
+        crate::uaccess::ioctl_unrestricted(cmd, arg, layout, fetched, out_room, output, |io| {
+            self.inner.ioctl(io, caller)
+        })
     }
 
     /// One round of poll: the current readiness, registering `waker` to be

@@ -87,10 +87,20 @@ impl WeakSystem {
 /// An observer of [`Change`]s.
 type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 
-/// Something the tree of objects lost: for caches to forget it.
+/// A change to the tree of objects: for caches to forget what it lost, and
+/// transports to publish what it gained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A device node was removed.
+    /// A device node was published (its lookup by name now finds it).
+    DevNodeAdded {
+        /// Its name.
+        name: String,
+        /// Its class.
+        class: Option<String>,
+    },
+    /// A device node was unpublished; its removal (the wait for its
+    /// handlers) follows, on the same thread
+    /// ([`NodeRef::wait_removed`](crate::NodeRef::wait_removed) waits for it).
     DevNodeRemoved {
         /// Its name.
         name: String,

@@ -152,6 +152,7 @@ fn main() -> ExitCode {
             let root = bench::servers::repo_root();
             for (name, built) in [
                 ("libfuse", bench::servers::build_libfuse(&root)),
+                ("libfuse-cuse", bench::servers::build_libfuse_cuse(&root)),
                 ("fuser", bench::servers::build_fuser(&root)),
             ] {
                 match built {

@@ -21,6 +21,10 @@ pub struct Opts {
     /// first (root), `off` for `/dev/fuse` only.
     #[arg(long, value_enum, default_value_t = IoUring::Auto)]
     pub io_uring: IoUring,
+    /// Also serve every device node as a real character device,
+    /// `/dev/<name>`, over CUSE (root; the kernel needs `cuse`).
+    #[arg(long)]
+    pub cuse: bool,
     /// Serve a driver core without the removal guarantee
     /// (`System::ungated`), for measuring what it costs.
     #[arg(long)]
@@ -131,13 +135,21 @@ fn serve(o: &Opts) -> Result<(), String> {
         IoUring::Off => devlife_serve::IoUring::Off,
     };
     let mut opts = Options::new().allow_other(o.allow_other).io_uring(io_uring).owner(uid, gid);
+    if o.cuse {
+        opts = opts.cuse(true);
+    }
     if let Some(dir) = &o.mount {
         opts = opts.mount_dir(dir);
     }
-    let server = Server::start(sys, &opts).map_err(|e| e.to_string())?;
+    let mut server = Server::start(sys, &opts).map_err(|e| e.to_string())?;
+    // Before the ready line: whoever reads it may signal us at once.
+    server.catch_signals().map_err(|e| e.to_string())?;
     match server.transport() {
         Transport::IoUring { queues } => eprintln!("devlife serve: FUSE over io_uring, {queues} queues"),
         Transport::DevFuse => eprintln!("devlife serve: /dev/fuse"),
+    }
+    if server.cuse() {
+        eprintln!("devlife serve: device nodes also in /dev over CUSE");
     }
     println!("ready {}", server.mount_path().display());
     let _ = std::io::stdout().flush();

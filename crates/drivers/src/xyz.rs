@@ -29,6 +29,15 @@
 //! * `XYZ_IOC_UNBIND_SELF = _IO('X', 5)`: unbinds the device from inside
 //!   this handler; returns 1 (the unbind is deferred to a worker thread
 //!   that completes it once this handler has returned);
+//! * `XYZ_IOC_FIFO_LEN = 0x5858`: a tty-style number (no `_IOC` size or
+//!   direction, as `FIONREAD`) whose argument is an `int *`: the bytes in
+//!   the FIFO. Its layout is declared ([`FileOperations::IOCTL_LAYOUTS`]),
+//!   so it works over CUSE; over FUSE it fails `EOPNOTSUPP`;
+//! * `XYZ_IOC_REVERSE = _IOWR('X', 6, struct xyz_buf)`, with
+//!   `struct xyz_buf { __u64 addr; __u32 len; __u32 done; }`: reverses
+//!   the `len` bytes (at most [`REVERSE_MAX`]) at `addr` in the caller's
+//!   memory in place and sets `done`: a pointer followed (over CUSE; over
+//!   FUSE `EOPNOTSUPP`);
 //! * `write` appends to the FIFO, blocking while it is full; `read` takes
 //!   from it, blocking while it is empty (`EAGAIN` with `O_NONBLOCK`);
 //!   `poll` reports `POLLIN` when not empty, `POLLOUT` when not full.
@@ -36,9 +45,10 @@
 use devlife_core::debugfs::{Dentry, devm_create_dir};
 use devlife_core::fops::{FileOperations, Ioctl, KResult, OpCtx, PollMask, PollTable};
 use devlife_core::gate::{CancellableMutex, WaitQueue};
+use devlife_core::ioctl::Dir;
 use devlife_core::{
-    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
-    Unbound, WeakDevice, devm_cdev_device_add, devm_device_create_file,
+    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, IoctlLayout,
+    System, Unbound, WeakDevice, devm_cdev_device_add, devm_device_create_file,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +65,12 @@ pub const XYZ_IOC_WAIT: IoctlCmd = IoctlCmd::io(b'X', 3);
 pub const XYZ_IOC_LOCK: IoctlCmd = IoctlCmd::io(b'X', 4);
 /// `_IO('X', 5)`: unbind this device from inside its own handler.
 pub const XYZ_IOC_UNBIND_SELF: IoctlCmd = IoctlCmd::io(b'X', 5);
+/// A tty-style number with an `int *` argument: the bytes in the FIFO.
+pub const XYZ_IOC_FIFO_LEN: IoctlCmd = IoctlCmd::from_raw(0x5858);
+/// `_IOWR('X', 6, struct xyz_buf)`: reverse a buffer the argument points to.
+pub const XYZ_IOC_REVERSE: IoctlCmd = IoctlCmd::iowr(b'X', 6, 16);
+/// The longest buffer `XYZ_IOC_REVERSE` takes.
+pub const REVERSE_MAX: usize = 4096;
 /// The driver's ioctls, for clients (`devlife ioctls xyz`).
 pub const IOCTLS: &[IoctlDef] = &[
     IoctlDef {
@@ -76,6 +92,18 @@ pub const IOCTLS: &[IoctlDef] = &[
         cmd: XYZ_IOC_UNBIND_SELF,
         arg: "",
         doc: "unbind the device from inside this handler",
+    },
+    IoctlDef {
+        name: "XYZ_IOC_FIFO_LEN",
+        cmd: XYZ_IOC_FIFO_LEN,
+        arg: "int *",
+        doc: "bytes in the FIFO (tty-style number: CUSE only)",
+    },
+    IoctlDef {
+        name: "XYZ_IOC_REVERSE",
+        cmd: XYZ_IOC_REVERSE,
+        arg: "struct xyz_buf",
+        doc: "reverse the buffer it points to (CUSE only)",
     },
 ];
 
@@ -194,6 +222,8 @@ pub struct XyzIoctlDev {
 impl FileOperations for XyzIoctlDev {
     type File = ();
 
+    const IOCTL_LAYOUTS: &'static [IoctlLayout] = &[IoctlLayout::new(XYZ_IOC_FIFO_LEN, Dir::READ, 4)];
+
     fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> {
         Ok(())
     }
@@ -270,6 +300,30 @@ impl FileOperations for XyzIoctlDev {
                 // Deliberately not a cancellable wait: hardware is busy.
                 std::thread::sleep(Duration::from_millis(u64::from(ms)));
                 ctx.event(XyzEvent::HoldEnd(ctx.binding));
+                Ok(0)
+            }
+            XYZ_IOC_FIFO_LEN => {
+                let n = lock(&ctx.fifo).len() as u32;
+                io.set_output(&n.to_ne_bytes())?;
+                Ok(0)
+            }
+            XYZ_IOC_REVERSE => {
+                // struct xyz_buf { __u64 addr; __u32 len; __u32 done; }
+                let arg = io.input();
+                let field = |r: std::ops::Range<usize>| arg.get(r).ok_or(Errno::EINVAL);
+                let addr = u64::from_ne_bytes(field(0..8)?.try_into().map_err(|_| Errno::EINVAL)?);
+                let len = u32::from_ne_bytes(field(8..12)?.try_into().map_err(|_| Errno::EINVAL)?) as usize;
+                if len > REVERSE_MAX {
+                    return Err(Errno::EINVAL);
+                }
+                // Every region named before anything is done (see
+                // devlife_core::uaccess): the handler may run again.
+                let (data, out) = io.user_inout(addr, len)?;
+                let reversed: Vec<u8> = data.iter().rev().copied().collect();
+                io.write_user(out, &reversed)?;
+                let mut reply = arg[..12].to_vec();
+                reply.extend_from_slice(&(len as u32).to_ne_bytes());
+                io.set_output(&reply)?;
                 Ok(0)
             }
             XYZ_IOC_WAIT => cx.wait_event(&ctx.never, || false).map(|()| 0),

@@ -50,6 +50,8 @@ pub mod op {
     pub const BATCH_FORGET: u32 = 42;
     pub const READDIRPLUS: u32 = 44;
     pub const RENAME2: u32 = 45;
+    /// `CUSE_INIT`: the first request on a `/dev/cuse` channel.
+    pub const CUSE_INIT: u32 = 4096;
 }
 
 /// Notification codes (the `error` field of a notification's header).
@@ -126,6 +128,18 @@ pub mod ioctl {
     pub const DIR: u32 = 1 << 4;
 }
 
+/// CUSE (`include/uapi/linux/fuse.h`, `fs/fuse/cuse.c`).
+pub mod cuse {
+    /// `CUSE_UNRESTRICTED_IOCTL`: the server is sent every ioctl raw and
+    /// fetches its argument memory with `FUSE_IOCTL_RETRY`.
+    pub const UNRESTRICTED_IOCTL: u32 = 1 << 0;
+    /// `CUSE_INIT_INFO_MAX`: the largest device-info string (`DEVNAME=...`).
+    pub const INIT_INFO_MAX: usize = 4096;
+}
+
+/// `FUSE_IOCTL_MAX_IOV`: most regions one `FUSE_IOCTL_RETRY` may name.
+pub const IOCTL_MAX_IOV: usize = 256;
+
 /// `fuse_poll_in.flags`: the kernel wants a notification when readiness
 /// may have changed.
 pub const POLL_SCHEDULE_NOTIFY: u32 = 1 << 0;
@@ -173,6 +187,9 @@ abi! {
     pub struct InterruptIn { pub unique: u64, } = 8;
     pub struct IoctlIn { pub fh: u64, pub flags: u32, pub cmd: u32, pub arg: u64, pub in_size: u32, pub out_size: u32, } = 32;
     pub struct IoctlOut { pub result: i32, pub flags: u32, pub in_iovs: u32, pub out_iovs: u32, } = 16;
+    pub struct IoctlIovec { pub base: u64, pub len: u64, } = 16;
+    pub struct CuseInitIn { pub major: u32, pub minor: u32, pub unused: u32, pub flags: u32, } = 16;
+    pub struct CuseInitOut { pub major: u32, pub minor: u32, pub unused: u32, pub flags: u32, pub max_read: u32, pub max_write: u32, pub dev_major: u32, pub dev_minor: u32, pub spare: [u32; 10], } = 72;
     pub struct PollIn { pub fh: u64, pub kh: u64, pub flags: u32, pub events: u32, } = 24;
     pub struct PollOut { pub revents: u32, pub padding: u32, } = 8;
     pub struct NotifyPollWakeupOut { pub kh: u64, } = 8;

@@ -68,6 +68,8 @@ pub enum Operation<'a> {
         /// The flags' upper 32 bits (`FUSE_INIT_EXT`), 0 if absent.
         flags2: u32,
     },
+    /// The first request on a `/dev/cuse` channel.
+    CuseInit(abi::CuseInitIn),
     Destroy,
     Lookup {
         name: &'a [u8],
@@ -146,6 +148,7 @@ impl Operation<'_> {
     pub fn name(&self) -> &'static str {
         match self {
             Operation::Init { .. } => "INIT",
+            Operation::CuseInit(_) => "CUSE_INIT",
             Operation::Destroy => "DESTROY",
             Operation::Lookup { .. } => "LOOKUP",
             Operation::Forget(_) => "FORGET",
@@ -267,6 +270,7 @@ fn decode_op<'a>(header: &abi::InHeader, args: Args<'a>) -> Result<Operation<'a>
             };
             Operation::Init { arg, flags2 }
         }
+        op::CUSE_INIT => Operation::CuseInit(args.fixed("CUSE_INIT")?.0),
         op::DESTROY => Operation::Destroy,
         op::LOOKUP => Operation::Lookup { name: name(args.all(), "LOOKUP")? },
         op::FORGET => Operation::Forget(args.fixed("FORGET")?.0),

@@ -37,10 +37,15 @@ pub(crate) struct Pool {
 }
 
 /// A new connection to the same session (`FUSE_DEV_IOC_CLONE`), or the
-/// master itself if cloning is refused.
-fn clone_fd(master: &Arc<OwnedFd>) -> Arc<OwnedFd> {
+/// master itself if cloning is refused. A CUSE channel is never cloned:
+/// the kernel clones only onto a descriptor of the same device, and a new
+/// `/dev/cuse` descriptor is a new channel already; its workers share it.
+fn clone_fd(master: &Arc<OwnedFd>, cuse: bool) -> Arc<OwnedFd> {
     use rustix::fd::AsRawFd;
     use rustix::fs::{Mode, OFlags};
+    if cuse {
+        return master.clone();
+    }
     let Ok(fd) = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) else {
         return master.clone();
     };
@@ -66,7 +71,7 @@ pub(crate) fn spawn_worker<F: Filesystem>(s: &Arc<Shared<F>>) {
     }
     let started = s.spawn("fuse-worker", |s| {
         s.stats.dev_workers.fetch_add(1, Ordering::Relaxed);
-        let fd = clone_fd(&s.master);
+        let fd = clone_fd(&s.master, s.cuse);
         worker(s, &fd);
         s.dev.workers.fetch_sub(1, Ordering::AcqRel);
         s.stats.dev_workers.fetch_sub(1, Ordering::Relaxed);
@@ -92,6 +97,11 @@ fn worker<F: Filesystem>(s: &Arc<Shared<F>>, fd: &OwnedFd) {
         let r = rustix::io::read(fd.as_fd(), buf.as_mut_slice());
         let idle = pool.idle.fetch_sub(1, Ordering::AcqRel) - 1;
         let n = match r {
+            // The channel was replaced by /dev/null (a closed CUSE device).
+            Ok(0) => {
+                s.end();
+                return;
+            }
             Ok(n) => n,
             // ENOENT: the request was interrupted before we read it.
             Err(Errno::INTR | Errno::AGAIN | Errno::NOENT) => continue,

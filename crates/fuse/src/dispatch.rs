@@ -10,7 +10,7 @@
 
 use crate::abi;
 use crate::decode::{DecodeError, Operation, Request};
-use crate::fs::{DirBuf, Filesystem, Req};
+use crate::fs::{DirBuf, Filesystem, IoctlReply, Req};
 use crate::notify::Notifier;
 use crossbeam_utils::CachePadded;
 use devlife_gate::CancelSource;
@@ -254,18 +254,42 @@ fn dispatch<F: Filesystem>(
         }
         Operation::Releasedir(rel) => fs.releasedir(r, ino, rel.fh)?,
         Operation::Ioctl { arg, data } => {
-            if arg.flags & abi::ioctl::UNRESTRICTED != 0 {
-                return Err(Errno::NOSYS);
-            }
+            let args = crate::fs::IoctlArgs {
+                fh: arg.fh,
+                cmd: arg.cmd,
+                arg: arg.arg,
+                unrestricted: arg.flags & abi::ioctl::UNRESTRICTED != 0,
+                compat: arg.flags & abi::ioctl::COMPAT != 0,
+                input: data,
+                out_size: arg.out_size,
+            };
             let mut data_out = Vec::new();
-            let res = fs.ioctl(r, ino, arg.fh, arg.cmd, arg.arg, data, arg.out_size, &mut data_out)?;
-            if data_out.len() > arg.out_size as usize {
-                return Err(Errno::IO);
+            match fs.ioctl(r, ino, &args, &mut data_out)? {
+                IoctlReply::Done(result) => {
+                    if data_out.len() > arg.out_size as usize {
+                        return Err(Errno::IO);
+                    }
+                    let o = abi::IoctlOut { result, flags: 0, in_iovs: 0, out_iovs: 0 };
+                    out.extend_from_slice(o.as_bytes());
+                    out.extend_from_slice(&data_out);
+                }
+                IoctlReply::Retry { input, output } => {
+                    // The kernel would fail the call with EIO for either.
+                    if !args.unrestricted || input.len() + output.len() > abi::IOCTL_MAX_IOV {
+                        return Err(Errno::IO);
+                    }
+                    let o = abi::IoctlOut {
+                        result: 0,
+                        flags: abi::ioctl::RETRY,
+                        in_iovs: input.len() as u32,
+                        out_iovs: output.len() as u32,
+                    };
+                    out.extend_from_slice(o.as_bytes());
+                    for v in input.iter().chain(&output) {
+                        out.extend_from_slice(abi::IoctlIovec { base: v.base, len: v.len }.as_bytes());
+                    }
+                }
             }
-            out.extend_from_slice(
-                abi::IoctlOut { result: res, flags: 0, in_iovs: 0, out_iovs: 0 }.as_bytes(),
-            );
-            out.extend_from_slice(&data_out);
         }
         Operation::Poll(p) => {
             let kh = (p.flags & abi::POLL_SCHEDULE_NOTIFY != 0).then_some(p.kh);
@@ -290,7 +314,7 @@ fn dispatch<F: Filesystem>(
         }
         Operation::Destroy => fs.destroy(),
         // INIT after the handshake is a protocol error.
-        Operation::Init { .. } => return Err(Errno::PROTO),
+        Operation::Init { .. } | Operation::CuseInit(_) => return Err(Errno::PROTO),
         Operation::Interrupt(_) => return Err(Errno::INVAL),
         Operation::Unsupported(_) => return Err(Errno::NOSYS),
     }

@@ -105,6 +105,60 @@ pub struct ReadArgs {
     pub page_cache: bool,
 }
 
+/// What an IOCTL carries.
+///
+/// Restricted (every FUSE mount): the kernel sized `input` and `out_size`
+/// from the command's `_IOC_SIZE` and direction, and copies the memory
+/// itself. Unrestricted (CUSE): the command is sent raw, first with no
+/// memory at all; the server names the caller's memory it needs with
+/// [`IoctlReply::Retry`], and the kernel sends the request again with
+/// `input` holding those input regions one after another and `out_size`
+/// their output regions' total. The kernel keeps no other state between
+/// the tries: a server recognises a retry by the sizes it gets.
+#[derive(Debug, Clone, Copy)]
+pub struct IoctlArgs<'a> {
+    /// The open file's handle.
+    pub fh: u64,
+    /// The command number, as the caller passed it.
+    pub cmd: u32,
+    /// The argument: a value, or an address in the caller.
+    pub arg: u64,
+    /// `FUSE_IOCTL_UNRESTRICTED`: [`IoctlReply::Retry`] is allowed.
+    pub unrestricted: bool,
+    /// `FUSE_IOCTL_COMPAT`: a 32-bit caller (its pointers are 32 bits).
+    pub compat: bool,
+    /// The caller's memory fetched for this try.
+    pub input: &'a [u8],
+    /// Bytes of output the kernel will copy back.
+    pub out_size: u32,
+}
+
+/// A region of the caller's memory (`struct fuse_ioctl_iovec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoVec {
+    /// Its address in the caller.
+    pub base: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+/// How an ioctl is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoctlReply {
+    /// Done: the system call's result (the output is in `out`).
+    Done(i32),
+    /// Send the request again with these regions of the caller's memory
+    /// copied in (`input`) and room for these to be copied out (`output`)
+    /// (`FUSE_IOCTL_RETRY`, unrestricted ioctls only).
+    Retry {
+        /// Regions read from the caller.
+        input: Vec<IoVec>,
+        /// Regions written back to the caller, in order, from the final
+        /// reply's output.
+        output: Vec<IoVec>,
+    },
+}
+
 /// Where `readdir` writes entries.
 pub struct DirBuf<'a> {
     pub(crate) buf: &'a mut Vec<u8>,
@@ -275,20 +329,15 @@ pub trait Filesystem: Send + Sync + 'static {
     fn releasedir(&self, req: &Req<'_>, ino: u64, fh: u64) -> Result<(), Errno> {
         Ok(())
     }
-    /// A restricted ioctl: `input` holds `_IOC_SIZE` bytes for write
-    /// commands; put at most `out_size` bytes in `out`. Returns the result.
-    #[allow(clippy::too_many_arguments)]
+    /// An ioctl; put at most `arg.out_size` bytes of output in `out` for
+    /// [`IoctlReply::Done`].
     fn ioctl(
         &self,
         req: &Req<'_>,
         ino: u64,
-        fh: u64,
-        cmd: u32,
-        arg: u64,
-        input: &[u8],
-        out_size: u32,
+        arg: &IoctlArgs<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<i32, Errno> {
+    ) -> Result<IoctlReply, Errno> {
         Err(Errno::NOTTY)
     }
     /// Readiness (`POLL*` bits); with `kh`, notify it when that may change.

@@ -13,10 +13,12 @@
 //!   typed [`DecodeError`](decode::DecodeError).
 //! * [`mount`]: `mount(2)` as root, `fusermount3` otherwise, stale mounts.
 //! * [`Session`]: INIT, workers, interrupts, dispatch to a [`Filesystem`].
+//! * [`cuse`]: a character device through `/dev/cuse` ([`CuseDevice`]).
 //! * [`Notifier`]: poll wake-ups, entry invalidation and deletion.
 
 pub mod abi;
 mod buf;
+pub mod cuse;
 pub mod decode;
 mod dev;
 mod dispatch;
@@ -27,7 +29,8 @@ mod reply;
 mod ring;
 mod session;
 
-pub use fs::{DirBuf, Entry, FileAttr, Filesystem, Opened, ReadArgs, Req};
+pub use cuse::CuseDevice;
+pub use fs::{DirBuf, Entry, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Opened, ReadArgs, Req};
 pub use notify::Notifier;
 pub use rustix::io::Errno;
 pub use session::{Config, Counters, Session, Transport, TransportStats};

@@ -133,7 +133,7 @@ impl Counters {
 /// (to report them) before and after the session starts.
 #[derive(Debug, Default)]
 pub struct TransportStats {
-    transport: std::sync::OnceLock<Transport>,
+    pub(crate) transport: std::sync::OnceLock<Transport>,
     pub(crate) dev_requests: AtomicU64,
     pub(crate) ring_requests: AtomicU64,
     pub(crate) dev_workers: AtomicUsize,
@@ -167,6 +167,8 @@ pub(crate) struct Shared<F> {
     pub(crate) inflight: Inflight,
     pub(crate) dev: dev::Pool,
     pub(crate) stats: Arc<TransportStats>,
+    /// Whether `master` is a `/dev/cuse` channel (which cannot be cloned).
+    pub(crate) cuse: bool,
     /// Every transport thread, for [`Session::wait`].
     threads: AtomicUsize,
     ended: AtomicBool,
@@ -178,6 +180,36 @@ pub(crate) struct Shared<F> {
 }
 
 impl<F: Filesystem> Shared<F> {
+    /// The state of a session whose handshake is done: its notifier is
+    /// started and the file system's `init` called.
+    pub(crate) fn new(
+        fs: F,
+        master: Arc<OwnedFd>,
+        config: Config,
+        negotiated: Negotiated,
+        stats: Arc<TransportStats>,
+        cuse: bool,
+    ) -> Arc<Self> {
+        let notifier = Notifier::start(master.clone());
+        fs.init(&notifier);
+        Arc::new(Shared {
+            fs,
+            master,
+            config,
+            negotiated,
+            notifier,
+            inflight: Inflight::default(),
+            dev: dev::Pool::default(),
+            stats,
+            cuse,
+            threads: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
+            on_end: Mutex::default(),
+            exited: Mutex::new(()),
+            all_exited: Condvar::new(),
+        })
+    }
+
     pub(crate) fn context(&self) -> Context<'_, F> {
         Context {
             fs: &self.fs,
@@ -232,8 +264,8 @@ impl<F: Filesystem> Shared<F> {
 
 /// A running FUSE session.
 pub struct Session<F: Filesystem> {
-    shared: Arc<Shared<F>>,
-    transport: Transport,
+    pub(crate) shared: Arc<Shared<F>>,
+    pub(crate) transport: Transport,
 }
 
 impl<F: Filesystem> Session<F> {
@@ -253,23 +285,7 @@ impl<F: Filesystem> Session<F> {
     ) -> std::io::Result<Self> {
         let master = Arc::new(fd);
         let negotiated = handshake(&master, &config)?;
-        let notifier = Notifier::start(master.clone());
-        fs.init(&notifier);
-        let shared = Arc::new(Shared {
-            fs,
-            master,
-            config,
-            negotiated,
-            notifier,
-            inflight: Inflight::default(),
-            dev: dev::Pool::default(),
-            stats,
-            threads: AtomicUsize::new(0),
-            ended: AtomicBool::new(false),
-            on_end: Mutex::default(),
-            exited: Mutex::new(()),
-            all_exited: Condvar::new(),
-        });
+        let shared = Shared::new(fs, master, config, negotiated, stats, false);
         // As many as requests commonly in flight at once, plus one idle (on
         // io_uring only interrupts and forgets come this way).
         let initial = if negotiated.ring { 2 } else { 4 };

@@ -44,6 +44,9 @@ pub enum ServeError {
     /// io_uring could not be used.
     #[error("FUSE over io_uring: {0}")]
     IoUring(String),
+    /// The device nodes cannot be served as CUSE devices.
+    #[error("CUSE: {0}")]
+    Cuse(io::Error),
     /// SIGINT/SIGTERM handlers could not be installed.
     #[error("cannot handle signals: {0}")]
     Signals(io::Error),

@@ -2,14 +2,19 @@
 //! driver core. Errno values cross from the core to the transport here.
 
 use crate::control;
+use crate::cuse::CuseNodes;
 use crate::inodes::Inodes;
 use crate::tree::{self, Obj};
 use crossbeam_utils::CachePadded;
 use devlife_core::gate::Wake;
-use devlife_core::{Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, Llseek, PollMask, System};
+use devlife_core::{
+    Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, IoctlOutcome, Llseek, PollMask, System,
+    UserRegion,
+};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
-    DirBuf, Entry, Errno, FileAttr, Filesystem, Notifier, Opened, ReadArgs, Req, TransportStats,
+    DirBuf, Entry, Errno, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs,
+    Req, TransportStats,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,9 +103,11 @@ pub struct ServeFs {
     start: u64,
     notifier: Arc<OnceLock<Notifier>>,
     transport: Arc<TransportStats>,
+    /// The CUSE devices serving the nodes, when served that way.
+    cuse: OnceLock<Arc<CuseNodes>>,
 }
 
-fn kerr(e: KErrno) -> Errno {
+pub(crate) fn kerr(e: KErrno) -> Errno {
     Errno::from_raw_os_error(e.raw())
 }
 
@@ -136,6 +143,7 @@ impl ServeFs {
                             inval(&format!("sys/class/{c}"), name);
                         }
                     }
+                    Change::DevNodeAdded { .. } => {}
                     Change::DeviceRemoved { bus, name } => inval(&format!("sys/bus/{bus}/devices"), name),
                     Change::Unbound { bus, name, driver, .. } => {
                         inval(&format!("sys/bus/{bus}/drivers/{driver}"), name)
@@ -170,6 +178,21 @@ impl ServeFs {
             start,
             notifier,
             transport,
+            cuse: OnceLock::new(),
+        }
+    }
+
+    /// Shows the numbers of the CUSE devices serving the nodes in
+    /// `sys/class`, and waits for their removal after control writes.
+    pub(crate) fn set_cuse(&self, cuse: Arc<CuseNodes>) {
+        let _ = self.cuse.set(cuse);
+    }
+
+    /// The number `sys/class` shows for `n`.
+    fn devt(&self, n: &devlife_core::DevNode) -> devlife_core::DevT {
+        match self.cuse.get().and_then(|c| c.devt(&n.name)) {
+            Some((major, minor)) => devlife_core::DevT::new(major, minor),
+            None => n.devt,
         }
     }
 
@@ -178,11 +201,14 @@ impl ServeFs {
         let parent = split(path);
         let parent_path =
             if parent.is_empty() { String::new() } else { parent[..parent.len() - 1].join("/") };
-        let up = tree::resolve(&self.sys, &split(&parent_path)).unwrap_or_else(|| obj.clone());
+        let up =
+            tree::resolve(&self.sys, &|n| self.devt(n), &split(&parent_path)).unwrap_or_else(|| obj.clone());
         let mut entries: Vec<Listed> =
             vec![(".".into(), path.to_owned(), obj), ("..".into(), parent_path, up)];
         entries.extend(
-            tree::children(&self.sys, &parent).into_iter().map(|(n, o)| (n.clone(), join(path, &n), o)),
+            tree::children(&self.sys, &|n| self.devt(n), &parent)
+                .into_iter()
+                .map(|(n, o)| (n.clone(), join(path, &n), o)),
         );
         entries
     }
@@ -197,7 +223,7 @@ impl ServeFs {
         // Gone, or the path now names another object: this inode's object
         // is gone (see `TTL`).
         let (path, id) = self.inodes.get(ino).ok_or(Errno::NOENT)?;
-        let obj = tree::resolve(&self.sys, &split(&path)).ok_or(Errno::NOENT)?;
+        let obj = tree::resolve(&self.sys, &|n| self.devt(n), &split(&path)).ok_or(Errno::NOENT)?;
         if obj.id() != id {
             return Err(Errno::NOENT);
         }
@@ -232,14 +258,6 @@ impl ServeFs {
         };
         let (attr, ttl) = self.attr(ino, obj);
         Entry { attr, generation: 0, entry_ttl: ttl, attr_ttl: ttl }
-    }
-
-    fn caller<'a>(req: &Req<'a>, flags: u32) -> Caller<'a> {
-        Caller {
-            creds: Credentials { uid: req.uid, gid: req.gid, pid: req.pid },
-            nonblock: flags & O_NONBLOCK != 0,
-            interrupt: Some(req.interrupt),
-        }
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
@@ -286,10 +304,47 @@ fn sysfs_open_mode(obj: &Obj, flags: u32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Who calls, as the core wants it: the request's credentials, the open
+/// flags' `O_NONBLOCK`, and its interrupt.
+pub(crate) fn caller<'a>(req: &Req<'a>, flags: u32) -> Caller<'a> {
+    Caller {
+        creds: Credentials { uid: req.uid, gid: req.gid, pid: req.pid },
+        nonblock: flags & O_NONBLOCK != 0,
+        interrupt: Some(req.interrupt),
+    }
+}
+
+/// An ioctl on an open file, over either kind of transport: restricted
+/// (FUSE: the kernel copied the encoded argument) or unrestricted (CUSE:
+/// the core asks for the caller's memory, round by round).
+pub(crate) fn file_ioctl(
+    f: &File,
+    caller: &Caller<'_>,
+    a: &IoctlArgs<'_>,
+    out: &mut Vec<u8>,
+) -> Result<IoctlReply, Errno> {
+    let cmd = IoctlCmd::from_raw(a.cmd);
+    let r = if a.unrestricted {
+        match f.ioctl_unrestricted(cmd, a.arg, a.input, a.out_size as usize, out, caller).map_err(kerr)? {
+            IoctlOutcome::Done(r) => r,
+            IoctlOutcome::Fetch { input, output } => {
+                let v = |r: &UserRegion| IoVec { base: r.addr, len: r.len as u64 };
+                return Ok(IoctlReply::Retry {
+                    input: input.iter().map(v).collect(),
+                    output: output.iter().map(v).collect(),
+                });
+            }
+        }
+    } else {
+        f.ioctl(cmd, a.arg, a.input, out, caller).map_err(kerr)?
+    };
+    i32::try_from(r).map(IoctlReply::Done).map_err(|_| Errno::OVERFLOW)
+}
+
 /// Wakes the kernel's pollers of one poll handle.
-struct KernelPoller {
-    notifier: Notifier,
-    kh: u64,
+pub(crate) struct KernelPoller {
+    pub(crate) notifier: Notifier,
+    pub(crate) kh: u64,
 }
 
 impl Wake for KernelPoller {
@@ -310,7 +365,7 @@ impl Filesystem for ServeFs {
         }
         let name = std::str::from_utf8(name).map_err(|_| Errno::NOENT)?;
         let path = join(&ppath, name);
-        let obj = tree::resolve(&self.sys, &split(&path)).ok_or(Errno::NOENT)?;
+        let obj = tree::resolve(&self.sys, &|n| self.devt(n), &split(&path)).ok_or(Errno::NOENT)?;
         Ok(self.entry(&path, &obj, true))
     }
 
@@ -355,7 +410,7 @@ impl Filesystem for ServeFs {
     fn open(&self, req: &Req<'_>, ino: u64, flags: u32) -> Result<Opened, Errno> {
         let (_, obj) = self.resolve_ino(ino)?;
         sysfs_open_mode(&obj, flags)?;
-        let caller = Self::caller(req, flags);
+        let caller = caller(req, flags);
         let (h, oflags) = match obj {
             Obj::DevNode(n) => {
                 let f = n.node.open(&caller).map_err(kerr)?;
@@ -390,7 +445,7 @@ impl Filesystem for ServeFs {
         match &*self.handle(arg.fh)? {
             Handle::File(f) => {
                 out.resize(arg.size as usize, 0);
-                let n = f.read(out, arg.offset, &Self::caller(req, arg.flags)).map_err(kerr)?;
+                let n = f.read(out, arg.offset, &caller(req, arg.flags)).map_err(kerr)?;
                 out.truncate(n);
             }
             Handle::Text(t) => {
@@ -414,15 +469,17 @@ impl Filesystem for ServeFs {
         flags: u32,
     ) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
-            Handle::File(f) => {
-                f.write(data, offset, &Self::caller(req, flags)).map(|n| n as u32).map_err(kerr)
-            }
+            Handle::File(f) => f.write(data, offset, &caller(req, flags)).map(|n| n as u32).map_err(kerr),
             Handle::Text(_) => Err(Errno::ACCESS),
             Handle::Dir(_) => Err(Errno::ISDIR),
             Handle::Control(c) => {
                 control::write(&self.sys, c, data).map_err(kerr)?;
-                // The names this write removed are forgotten before it returns.
+                // The names this write removed are forgotten, and their
+                // CUSE devices gone, before it returns.
                 req.notifier.flush();
+                if let Some(c) = self.cuse.get() {
+                    c.settle();
+                }
                 Ok(data.len() as u32)
             }
         }
@@ -430,7 +487,7 @@ impl Filesystem for ServeFs {
 
     fn flush(&self, req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::File(f) => f.flush(&Self::caller(req, 0)).map_err(kerr),
+            Handle::File(f) => f.flush(&caller(req, 0)).map_err(kerr),
             _ => Ok(()),
         }
     }
@@ -527,19 +584,11 @@ impl Filesystem for ServeFs {
         &self,
         req: &Req<'_>,
         _ino: u64,
-        fh: u64,
-        cmd: u32,
-        arg: u64,
-        input: &[u8],
-        _out_size: u32,
+        a: &IoctlArgs<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<i32, Errno> {
-        match &*self.handle(fh)? {
-            Handle::File(f) => {
-                let r =
-                    f.ioctl(IoctlCmd::from_raw(cmd), arg, input, out, &Self::caller(req, 0)).map_err(kerr)?;
-                i32::try_from(r).map_err(|_| Errno::OVERFLOW)
-            }
+    ) -> Result<IoctlReply, Errno> {
+        match &*self.handle(a.fh)? {
+            Handle::File(f) => file_ioctl(f, &caller(req, 0), a, out),
             _ => Err(Errno::NOTTY),
         }
     }
@@ -549,7 +598,7 @@ impl Filesystem for ServeFs {
             Handle::File(f) => {
                 let waker: Option<Arc<dyn Wake>> = kh
                     .map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
-                Ok(f.poll_once(&Self::caller(req, 0), waker.as_ref()).0)
+                Ok(f.poll_once(&caller(req, 0), waker.as_ref()).0)
             }
             _ => Ok(PollMask::DEFAULT.0),
         }

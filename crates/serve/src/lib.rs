@@ -29,7 +29,8 @@
 //!     if let Some(dir) = std::env::args_os().nth(1) {
 //!         opts = opts.mount_dir(dir);
 //!     }
-//!     let server = Server::start(sys, &opts)?;
+//!     let mut server = Server::start(sys, &opts)?;
+//!     server.catch_signals()?; // before anyone is told to signal us
 //!     println!("ready {}", server.mount_path().display());
 //!     let why = server.run_until_signal()?;
 //!     eprintln!("stopped: {why:?}");
@@ -61,6 +62,7 @@
 //! handlers never hold up others, the removal among them.
 
 mod control;
+mod cuse;
 mod error;
 mod fs;
 mod inodes;
@@ -74,5 +76,5 @@ pub use devlife_fuse::Transport;
 pub use error::ServeError;
 #[cfg(feature = "log")]
 pub use logging::init_logging;
-pub use options::{IO_URING_ENV, IoUring, Options, default_mount_dir};
+pub use options::{CUSE_ENV, IO_URING_ENV, IoUring, Options, default_mount_dir};
 pub use server::{Server, Stopped};

@@ -20,6 +20,21 @@ pub enum IoUring {
 /// The environment variable that sets the default transport.
 pub const IO_URING_ENV: &str = "DEVLIFE_IO_URING";
 
+/// The environment variable that sets [`Options::cuse`]'s default: `1`
+/// serves any program's nodes as real character devices too, unchanged.
+pub const CUSE_ENV: &str = "DEVLIFE_CUSE";
+
+fn cuse_from_env() -> bool {
+    match std::env::var(CUSE_ENV).as_deref() {
+        Err(_) | Ok("0") | Ok("") => false,
+        Ok("1") => true,
+        Ok(other) => {
+            eprintln!("devlife-serve: {CUSE_ENV}={other:?} is not 0 or 1; using 0");
+            false
+        }
+    }
+}
+
 impl IoUring {
     /// [`IO_URING_ENV`]'s choice, or [`Auto`](Self::Auto) when it is unset
     /// (or not `on`, `off` or `auto`, which is reported on stderr).
@@ -57,6 +72,7 @@ pub struct Options {
     pub(crate) allow_other: bool,
     pub(crate) io_uring: IoUring,
     pub(crate) owner: (u32, u32),
+    pub(crate) cuse: bool,
 }
 
 impl Default for Options {
@@ -66,6 +82,7 @@ impl Default for Options {
             allow_other: false,
             io_uring: IoUring::from_env(),
             owner: (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
+            cuse: cuse_from_env(),
         }
     }
 }
@@ -101,6 +118,19 @@ impl Options {
     /// (default: the serving process's user and group).
     pub fn owner(mut self, uid: u32, gid: u32) -> Self {
         self.owner = (uid, gid);
+        self
+    }
+
+    /// Also serves every device node as a real character device,
+    /// `/dev/<name>`, over CUSE (root; the kernel needs `cuse`): one CUSE
+    /// channel per node, made when the node appears and closed once its
+    /// removal completes, with the mode and owner its driver set;
+    /// `sys/class/<class>/<node>/dev` then shows the real device's number.
+    /// `dev/` in the mount stays too. What clients see at removal differs
+    /// from the FUSE tree where the kernel decides (`docs/ARCHITECTURE.md`,
+    /// "Real character devices"). Default: [`CUSE_ENV`] (`DEVLIFE_CUSE=1`), else off.
+    pub fn cuse(mut self, yes: bool) -> Self {
+        self.cuse = yes;
         self
     }
 

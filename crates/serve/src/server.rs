@@ -1,5 +1,6 @@
 //! [`Server`]: a [`System`] mounted and served, until shutdown.
 
+use crate::cuse::CuseNodes;
 use crate::error::ServeError;
 use crate::fs::ServeFs;
 use crate::options::{IoUring, Options};
@@ -8,6 +9,9 @@ use devlife_fuse::mount::{self, Mount, MountOptions, MountState};
 use devlife_fuse::{Config, Session, Transport};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+
+/// Where devtmpfs shows CUSE devices.
+const DEV_DIR: &str = "/dev";
 
 /// The kernel's switch for FUSE over io_uring.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -39,6 +43,10 @@ pub struct Server {
     /// The mount; `None` once unmounted (by us, or from outside).
     mount: Option<Mount>,
     dir: PathBuf,
+    /// The CUSE devices, when the nodes are served that way too.
+    cuse: Option<Arc<CuseNodes>>,
+    /// SIGINT and SIGTERM, once caught.
+    signals: Option<signal_hook::iterator::Signals>,
 }
 
 /// Why [`Server::run_until_signal`] returned.
@@ -84,7 +92,15 @@ impl Server {
         if opts.io_uring == IoUring::On && session.transport() == Transport::DevFuse {
             return Err(ServeError::IoUring("the kernel did not set up the rings".into()));
         }
-        let server = Server { sys, session: Arc::new(session), mount: Some(m), dir };
+        let cuse = match opts.cuse {
+            true => {
+                let c = CuseNodes::start(&sys, Path::new(DEV_DIR)).map_err(ServeError::Cuse)?;
+                session.fs().set_cuse(c.clone());
+                Some(c)
+            }
+            false => None,
+        };
+        let server = Server { sys, session: Arc::new(session), mount: Some(m), dir, cuse, signals: None };
         tracing::info!(dir = %server.dir.display(), transport = ?server.transport(), "mounted");
         Ok(server)
     }
@@ -100,6 +116,12 @@ impl Server {
         &self.sys
     }
 
+    /// Whether the device nodes are also served as real character devices
+    /// ([`Options::cuse`](crate::Options::cuse)).
+    pub fn cuse(&self) -> bool {
+        self.cuse.is_some()
+    }
+
     /// How requests reach the server.
     pub fn transport(&self) -> Transport {
         self.session.transport()
@@ -111,12 +133,27 @@ impl Server {
         self.session.wait();
     }
 
+    /// Catches SIGINT and SIGTERM from now on, for
+    /// [`run_until_signal`](Self::run_until_signal) (which does it itself
+    /// if this was not called). Call it before announcing the server to
+    /// whoever may signal it: a signal that comes before the handlers are
+    /// installed ends the process at once, with no shutdown.
+    pub fn catch_signals(&mut self) -> Result<(), ServeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if self.signals.is_none() {
+            self.signals =
+                Some(signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServeError::Signals)?);
+        }
+        Ok(())
+    }
+
     /// Serves until SIGINT or SIGTERM, or until the mount is unmounted from
     /// outside, then [shuts down](Self::shutdown).
     pub fn run_until_signal(mut self) -> Result<Stopped, ServeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServeError::Signals)?;
+        self.catch_signals()?;
+        let Some(mut signals) = self.signals.take() else {
+            return Err(ServeError::Signals(std::io::Error::other("no signal handlers")));
+        };
         let closer = signals.handle();
         let (tx, rx) = mpsc::channel();
         {
@@ -159,6 +196,9 @@ impl Server {
 
     fn stop(&mut self) -> Result<(), ServeError> {
         remove_all(&self.sys);
+        if let Some(c) = self.cuse.take() {
+            c.stop();
+        }
         match self.mount.take() {
             Some(m) => m.unmount().map_err(|source| ServeError::Unmount { dir: self.dir.clone(), source }),
             None => Ok(()),

@@ -15,7 +15,7 @@
 //! object a kernel inode stood for.
 
 use devlife_core::debugfs::Dentry;
-use devlife_core::{DevNode, Device, NodeRef, System};
+use devlife_core::{DevNode, DevT, Device, NodeRef, System};
 
 /// A control file (fields: the bus and driver it acts on).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +87,12 @@ fn debug_obj(d: Dentry) -> Obj {
     if d.is_dir() { Obj::Dir { id: d.id(), mode: d.mode() } } else { Obj::Debug(d) }
 }
 
+/// The device number `sys/class` shows for a node: the core's, or that of
+/// the real device serving it (CUSE).
+pub type Numbers<'a> = &'a dyn Fn(&DevNode) -> DevT;
+
 /// Resolves `path` (components below the mount root).
-pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
+pub fn resolve(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Option<Obj> {
     match path {
         [] | ["dev"] | ["sys"] | ["debug"] | ["sys", "bus"] | ["sys", "class"] => Some(dir()),
         ["dev", name] => sys.dev_lookup(name).map(Obj::DevNode),
@@ -138,7 +142,9 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
         }
         ["sys", "class", class, node, file @ ("dev" | "uevent")] => {
             let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
-            let text = if *file == "dev" { format!("{}\n", n.devt) } else { n.uevent() };
+            let devt = numbers(&n);
+            let text =
+                if *file == "dev" { format!("{devt}\n") } else { DevNode { devt, ..n.clone() }.uevent() };
             Some(Obj::Text { text, owner: n.node.id() })
         }
         ["debug", rest @ ..] => sys.debugfs().lookup(&rest.join("/")).map(debug_obj),
@@ -147,7 +153,7 @@ pub fn resolve(sys: &System, path: &[&str]) -> Option<Obj> {
 }
 
 /// The entries of the directory at `path`, by name.
-pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
+pub fn children(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Vec<(String, Obj)> {
     let named = |names: &[&str]| names.iter().map(|n| ((*n).to_owned(), dir())).collect::<Vec<_>>();
     match path {
         [] => named(&["debug", "dev", "sys"]),
@@ -157,7 +163,7 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
         ["sys", "bus", bus] => {
             let mut v = named(&["devices", "drivers"]);
             for c in ["delete_device", "new_device"] {
-                v.extend(resolve(sys, &["sys", "bus", bus, c]).map(|o| (c.to_owned(), o)));
+                v.extend(resolve(sys, numbers, &["sys", "bus", bus, c]).map(|o| (c.to_owned(), o)));
             }
             v
         }
@@ -178,7 +184,9 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             names.extend(d.attrs().into_iter().map(|(n, _)| n));
             names
                 .into_iter()
-                .filter_map(|n| resolve(sys, &["sys", "bus", bus, "devices", dev, &n]).map(|o| (n, o)))
+                .filter_map(|n| {
+                    resolve(sys, numbers, &["sys", "bus", bus, "devices", dev, &n]).map(|o| (n, o))
+                })
                 .collect()
         }
         ["sys", "bus", bus, "drivers", drv] => {
@@ -187,7 +195,9 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             names.extend(b.driver_devices(drv));
             names
                 .into_iter()
-                .filter_map(|n| resolve(sys, &["sys", "bus", bus, "drivers", drv, &n]).map(|o| (n, o)))
+                .filter_map(|n| {
+                    resolve(sys, numbers, &["sys", "bus", bus, "drivers", drv, &n]).map(|o| (n, o))
+                })
                 .collect()
         }
         ["sys", "class"] => sys.classes().into_iter().map(|c| (c, dir())).collect(),
@@ -198,7 +208,9 @@ pub fn children(sys: &System, path: &[&str]) -> Vec<(String, Obj)> {
             .collect(),
         ["sys", "class", class, node] => ["dev", "uevent"]
             .into_iter()
-            .filter_map(|f| resolve(sys, &["sys", "class", class, node, f]).map(|o| (f.to_owned(), o)))
+            .filter_map(|f| {
+                resolve(sys, numbers, &["sys", "class", class, node, f]).map(|o| (f.to_owned(), o))
+            })
             .collect(),
         ["debug", rest @ ..] => sys
             .debugfs()

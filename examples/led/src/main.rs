@@ -14,7 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = std::env::args_os().nth(1) {
         opts = opts.mount_dir(dir);
     }
-    let server = Server::start(sys, &opts)?;
+    let mut server = Server::start(sys, &opts)?;
+    server.catch_signals()?; // before anyone is told to signal us
     println!("ready {}", server.mount_path().display());
     let why = server.run_until_signal()?;
     eprintln!("stopped: {why:?}");

@@ -12,7 +12,8 @@
 use devlife_drivers::xyz::XYZ_IOC_COUNT;
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
-    Config, Entry, Errno, FileAttr, Filesystem, Opened, ReadArgs, Req, Session, TransportStats, mount,
+    Config, Entry, Errno, FileAttr, Filesystem, IoctlArgs, IoctlReply, Opened, ReadArgs, Req, Session,
+    TransportStats, mount,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -108,19 +109,15 @@ impl Filesystem for Floor {
         &self,
         _req: &Req<'_>,
         _ino: u64,
-        _fh: u64,
-        cmd: u32,
-        _arg: u64,
-        _input: &[u8],
-        _out_size: u32,
+        arg: &IoctlArgs<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<i32, Errno> {
-        if cmd != XYZ_IOC_COUNT.raw() {
+    ) -> Result<IoctlReply, Errno> {
+        if arg.cmd != XYZ_IOC_COUNT.raw() {
             return Err(Errno::NOTTY);
         }
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         out.extend_from_slice(&n.to_ne_bytes());
-        Ok(0)
+        Ok(IoctlReply::Done(0))
     }
 }
 

@@ -137,7 +137,7 @@ fn proc_snapshot(s: &Server) -> Option<ProcSnapshot> {
         snap.involuntary += field("nonvoluntary_ctxt_switches:").unwrap_or(0);
     }
     let mut text = s.stats_file().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
-    if let Some(m) = s.mount().filter(|_| matches!(s.who, Contender::Devlife | Contender::DevlifeUngated)) {
+    if let Some(m) = s.mount().filter(|_| s.who.is_devlife()) {
         text += &std::fs::read_to_string(m.join("debug/devlife/rusage")).unwrap_or_default();
     }
     let get =
@@ -255,7 +255,11 @@ pub fn run(o: &FsOpts) -> i32 {
     };
     let root = repo_root();
     let base = std::env::temp_dir().join(format!("devlife-bench-{}", std::process::id()));
-    let wanted = |c: Contender| o.only.is_empty() || o.only.iter().any(|n| n == c.name());
+    // The CUSE contenders run by default only where the kernel has CUSE.
+    let cuse = std::path::Path::new("/dev/cuse").exists();
+    let wanted = |c: Contender| {
+        if o.only.is_empty() { !c.is_cuse() || cuse } else { o.only.iter().any(|n| n == c.name()) }
+    };
 
     // Start every contender first (and build the peers): a peer that cannot
     // be built or started is reported and left out, not a failure.
@@ -390,6 +394,15 @@ fn print_tables(results: &BTreeMap<Key, Measured>, reps: usize, ms: u64) {
                 .filter(|w| w.is_peer())
                 .filter_map(|w| get(w).map(|r| (w, r)))
                 .max_by(|a, b| a.1.ops_per_s().total_cmp(&b.1.ops_per_s()));
+            if let (Some(d), Some(l)) = (get(Contender::DevlifeCuse), get(Contender::LibfuseCuse)) {
+                println!(
+                    "  {}: devlife-cuse/libfuse-cuse = {:.2}x ops/s, p99 {:.1} vs {:.1} µs",
+                    clients_label(c),
+                    d.ops_per_s() / l.ops_per_s(),
+                    d.us(99.0),
+                    l.us(99.0)
+                );
+            }
             let (Some(d), Some((bw, b))) = (get(Contender::Devlife), best) else { continue };
             let gate = get(Contender::DevlifeUngated)
                 .map(|u| format!(", gate cost {:+.1}%", (u.ops_per_s() / d.ops_per_s() - 1.0) * 100.0))

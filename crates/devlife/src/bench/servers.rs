@@ -26,17 +26,24 @@ pub enum Contender {
     Floor,
     /// The kernel's `/dev/zero` (no ioctl): no FUSE at all.
     DevZero,
+    /// `devlife serve --cuse`: the `bench` device as `/dev/bench0`
+    /// (needs CUSE).
+    DevlifeCuse,
+    /// The libfuse3 `cuse_lowlevel` peer, `/dev/bench-libfuse` (needs CUSE).
+    LibfuseCuse,
 }
 
 impl Contender {
     /// Every contender, in table order.
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 8] = [
         Contender::Devlife,
         Contender::DevlifeUngated,
         Contender::Libfuse,
         Contender::Fuser,
         Contender::Floor,
         Contender::DevZero,
+        Contender::DevlifeCuse,
+        Contender::LibfuseCuse,
     ];
 
     /// The name in tables and JSON rows.
@@ -48,7 +55,20 @@ impl Contender {
             Contender::Fuser => "fuser",
             Contender::Floor => "floor",
             Contender::DevZero => "/dev/zero",
+            Contender::DevlifeCuse => "devlife-cuse",
+            Contender::LibfuseCuse => "libfuse-cuse",
         }
+    }
+
+    /// Whether it serves a CUSE device (and needs `/dev/cuse`).
+    pub fn is_cuse(self) -> bool {
+        matches!(self, Contender::DevlifeCuse | Contender::LibfuseCuse)
+    }
+
+    /// Whether it runs `devlife serve` (whose `debug/devlife/rusage`
+    /// counts its context switches).
+    pub fn is_devlife(self) -> bool {
+        matches!(self, Contender::Devlife | Contender::DevlifeUngated | Contender::DevlifeCuse)
     }
 
     /// Whether this is one of the peers devlife is compared with.
@@ -79,9 +99,18 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Builds the libfuse peer (`cc`, `pkg-config fuse3`) unless up to date.
 pub fn build_libfuse(root: &Path) -> Result<PathBuf, String> {
-    let src = root.join("bench/peers/libfuse/peer.c");
+    build_c(root, "peer.c", "libfuse-peer")
+}
+
+/// Builds the libfuse CUSE peer, likewise.
+pub fn build_libfuse_cuse(root: &Path) -> Result<PathBuf, String> {
+    build_c(root, "cuse-peer.c", "libfuse-cuse-peer")
+}
+
+fn build_c(root: &Path, source: &str, name: &str) -> Result<PathBuf, String> {
+    let src = root.join("bench/peers/libfuse").join(source);
     let dir = root.join("target/bench-peers");
-    let out = dir.join("libfuse-peer");
+    let out = dir.join(name);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if matches!((mtime(&out), mtime(&src)), (Some(o), Some(s)) if o >= s) {
         return Ok(out);
@@ -160,20 +189,40 @@ impl Server {
         if who == Contender::DevZero {
             return Ok(Server { who, file: "/dev/zero".into(), mount: None, child: None });
         }
+        if who.is_cuse() && !Path::new("/dev/cuse").exists() {
+            return Err("no /dev/cuse (a kernel with CUSE: modprobe cuse)".into());
+        }
+        if who == Contender::LibfuseCuse {
+            let peer = build_libfuse_cuse(root)?;
+            let name = "bench-libfuse";
+            let child = spawn_ready(Command::new(peer).arg(name))?;
+            let file = PathBuf::from("/dev").join(name);
+            let s = Server { who, file, mount: None, child: Some(child) };
+            wait_for(&s.file)?;
+            return Ok(s);
+        }
         let mount = base.join(who.name());
         std::fs::create_dir_all(&mount).map_err(|e| format!("{}: {e}", mount.display()))?;
         let mut s = Server { who, file: PathBuf::new(), mount: Some(mount.clone()), child: None };
         match who {
-            Contender::Devlife | Contender::DevlifeUngated => {
+            Contender::Devlife | Contender::DevlifeUngated | Contender::DevlifeCuse => {
                 let mut cmd = Command::new(exe);
                 cmd.arg("serve").arg("--log").arg("warn").arg("--mount").arg(&mount);
                 if who == Contender::DevlifeUngated {
                     cmd.arg("--ungated");
                 }
+                if who == Contender::DevlifeCuse {
+                    cmd.arg("--cuse");
+                }
                 s.child = Some(spawn_ready(&mut cmd)?);
                 std::fs::write(mount.join("sys/bus/sim/new_device"), "bench bench0")
                     .map_err(|e| format!("new_device: {e}"))?;
-                s.file = mount.join("dev/bench0");
+                s.file = if who == Contender::DevlifeCuse {
+                    "/dev/bench0".into()
+                } else {
+                    mount.join("dev/bench0")
+                };
+                wait_for(&s.file)?;
             }
             Contender::Libfuse => {
                 // Another build of the same peer (another libfuse) can stand
@@ -200,10 +249,22 @@ impl Server {
                 s.child = Some(spawn_ready(&mut cmd)?);
                 s.file = mount.join(super::floor::NAME);
             }
-            Contender::DevZero => unreachable!("handled above"),
+            Contender::DevZero | Contender::LibfuseCuse => unreachable!("handled above"),
         }
         Ok(s)
     }
+}
+
+/// Waits (10 s at most) for a device node devtmpfs makes on its own thread.
+fn wait_for(p: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.exists() {
+        if Instant::now() > deadline {
+            return Err(format!("{} did not appear", p.display()));
+        }
+        std::thread::sleep(Duration::from_millis(5)); // an external kernel thread's work
+    }
+    Ok(())
 }
 
 impl Drop for Server {

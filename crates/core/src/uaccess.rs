@@ -1,0 +1,270 @@
+//! The caller's memory behind an ioctl's argument, for transports that
+//! can reach it (Linux `copy_from_user`/`copy_to_user` on the `arg`
+//! pointer and on pointers inside the structure it points to).
+//!
+//! A userspace server cannot read its caller's memory: CUSE makes the
+//! kernel copy it, region by region, when the server asks
+//! (`FUSE_IOCTL_RETRY`), and sends the request again with the regions
+//! fetched. [`File::ioctl_unrestricted`](crate::File::ioctl_unrestricted)
+//! runs that conversation for a driver:
+//! it asks for the argument itself from the command's `_IOC` size and
+//! direction (or the driver's [`IoctlLayout`]), calls the handler once it
+//! is there, and turns the handler's [`Ioctl::read_user`] and
+//! [`Ioctl::user_out`] (or [`Ioctl::user_inout`], both at once) of further
+//! regions into another round. A handler
+//! thus runs once per round, from the start, with everything it asked for
+//! in earlier rounds present: it must name every region before it acts
+//! (the usual shape: read the struct, read what it points to, reserve the
+//! output, then act and write).
+//!
+//! Over FUSE (restricted ioctls) the kernel copies only what the command
+//! encodes; there, [`Ioctl::read_user`] and [`Ioctl::user_out`] fail
+//! `EOPNOTSUPP`, and so does a command with a declared layout.
+
+use crate::errno::Errno;
+use crate::fops::{Ioctl, KResult};
+use crate::ioctl::{Dir, IoctlCmd};
+
+/// The most argument memory one round may fetch, and the most it may
+/// write back: what one CUSE request carries (32 pages; the kernel fails
+/// a larger retry `ENOMEM`, and so does the framework, before asking).
+pub const IOCTL_MEM_MAX: usize = 128 * 1024;
+
+/// The most regions one round may name (`FUSE_IOCTL_MAX_IOV`, input and
+/// output together).
+pub const IOCTL_MAX_REGIONS: usize = 256;
+
+/// The argument memory of a command whose number does not encode it
+/// (tty-style numbers such as `TCGETS`, `FIONREAD`): which way it goes and
+/// how large it is. A driver lists these in
+/// [`FileOperations::IOCTL_LAYOUTS`](crate::fops::FileOperations::IOCTL_LAYOUTS).
+///
+/// # Examples
+///
+/// ```
+/// use devlife_core::ioctl::{Dir, IoctlCmd};
+/// use devlife_core::uaccess::IoctlLayout;
+/// // FIONREAD: `int *` out, with no _IOC bits.
+/// const FIONREAD: IoctlLayout = IoctlLayout::new(IoctlCmd::from_raw(0x541b), Dir::READ, 4);
+/// assert_eq!(FIONREAD.out_size(), 4);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoctlLayout {
+    /// The command.
+    pub cmd: IoctlCmd,
+    /// Which way the argument's memory goes.
+    pub dir: Dir,
+    /// Its size.
+    pub size: usize,
+}
+
+impl IoctlLayout {
+    /// The layout of `cmd`.
+    pub const fn new(cmd: IoctlCmd, dir: Dir, size: usize) -> Self {
+        IoctlLayout { cmd, dir, size }
+    }
+
+    /// The layout a command encodes in its `_IOC` bits.
+    pub const fn encoded(cmd: IoctlCmd) -> Self {
+        IoctlLayout { cmd, dir: cmd.dir(), size: cmd.size() }
+    }
+
+    /// `cmd`'s layout: the declared one if `declared` lists it, else the
+    /// encoded one. The flag says which.
+    pub fn of(cmd: IoctlCmd, declared: &[IoctlLayout]) -> (IoctlLayout, bool) {
+        match declared.iter().find(|l| l.cmd == cmd) {
+            Some(l) => (*l, true),
+            None => (Self::encoded(cmd), false),
+        }
+    }
+
+    /// Bytes the caller passes in.
+    pub const fn in_size(&self) -> usize {
+        if self.dir.is_write() { self.size } else { 0 }
+    }
+
+    /// Bytes the driver passes out.
+    pub const fn out_size(&self) -> usize {
+        if self.dir.is_read() { self.size } else { 0 }
+    }
+}
+
+/// A region of the caller's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRegion {
+    /// Its address in the caller.
+    pub addr: u64,
+    /// Its length.
+    pub len: usize,
+}
+
+/// An output region reserved with [`Ioctl::user_out`], to write with
+/// [`Ioctl::write_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserOut(pub(crate) usize);
+
+/// How an unrestricted ioctl ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoctlOutcome {
+    /// The handler returned this; the output (the argument's, then each
+    /// reserved region's, in order) is in the caller's buffer.
+    Done(i64),
+    /// Fetch these regions and call again: `input` copied in, one after
+    /// another, and `output` room to copy back.
+    Fetch {
+        /// Regions to copy from the caller.
+        input: Vec<UserRegion>,
+        /// Regions to copy back to the caller.
+        output: Vec<UserRegion>,
+    },
+}
+
+/// What the handler of one round may reach beyond the argument itself.
+#[derive(Debug, Default)]
+pub(crate) struct Reach<'a> {
+    /// Whether the transport can fetch memory at all (CUSE).
+    pub(crate) unrestricted: bool,
+    /// Memory fetched after the argument, in the order regions were named.
+    pub(crate) fetched: &'a [u8],
+    /// Room for output after the argument's.
+    pub(crate) out_room: usize,
+    pub(crate) named: Named,
+}
+
+/// The regions a handler named in one round.
+#[derive(Debug, Default)]
+pub(crate) struct Named {
+    pub(crate) ins: Vec<UserRegion>,
+    pub(crate) outs: Vec<UserRegion>,
+    /// The bytes written to each output region.
+    pub(crate) out_data: Vec<Vec<u8>>,
+    /// A region named in this round was not fetched.
+    pub(crate) missing: bool,
+}
+
+impl<'a> Reach<'a> {
+    fn in_used(&self) -> usize {
+        self.named.ins.iter().map(|r| r.len).sum()
+    }
+
+    fn out_used(&self) -> usize {
+        self.named.outs.iter().map(|r| r.len).sum()
+    }
+
+    fn regions(&self) -> usize {
+        self.named.ins.len() + self.named.outs.len()
+    }
+
+    pub(crate) fn read(&mut self, addr: u64, len: usize) -> KResult<&'a [u8]> {
+        if !self.unrestricted {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let start = self.in_used();
+        if self.regions() + 2 > IOCTL_MAX_REGIONS || start + len > IOCTL_MEM_MAX {
+            return Err(Errno::ENOMEM);
+        }
+        self.named.ins.push(UserRegion { addr, len });
+        let fetched = self.fetched;
+        match fetched.get(start..start + len) {
+            Some(b) => Ok(b),
+            None => {
+                self.named.missing = true;
+                Err(Errno::EFAULT)
+            }
+        }
+    }
+
+    pub(crate) fn reserve(&mut self, addr: u64, len: usize) -> KResult<UserOut> {
+        if !self.unrestricted {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let start = self.out_used();
+        if self.regions() + 2 > IOCTL_MAX_REGIONS || start + len > IOCTL_MEM_MAX {
+            return Err(Errno::ENOMEM);
+        }
+        self.named.outs.push(UserRegion { addr, len });
+        self.named.out_data.push(Vec::new());
+        if start + len > self.out_room {
+            self.named.missing = true;
+            return Err(Errno::EFAULT);
+        }
+        Ok(UserOut(self.named.outs.len() - 1))
+    }
+
+    /// Names `len` bytes at `addr` both ways before failing for either.
+    pub(crate) fn inout(&mut self, addr: u64, len: usize) -> KResult<(&'a [u8], UserOut)> {
+        let read = self.read(addr, len);
+        if matches!(read, Err(e) if e != Errno::EFAULT) {
+            return Err(read.err().unwrap_or(Errno::EFAULT));
+        }
+        let out = self.reserve(addr, len)?;
+        Ok((read?, out))
+    }
+
+    pub(crate) fn write(&mut self, out: UserOut, data: &[u8]) -> KResult<()> {
+        let room = self.named.outs.get(out.0).ok_or(Errno::EINVAL)?.len;
+        if data.len() > room {
+            return Err(Errno::EINVAL);
+        }
+        self.named.out_data[out.0] = data.to_vec();
+        Ok(())
+    }
+}
+
+/// Runs one round of an unrestricted ioctl (see the module docs):
+/// `fetched` is the memory the transport copied in for this round (the
+/// argument's, then every region named before, in order), `out_room` the
+/// bytes it will copy back; `call` runs the handler. The output goes to
+/// `output`.
+pub(crate) fn ioctl_unrestricted(
+    cmd: IoctlCmd,
+    arg: u64,
+    layout: IoctlLayout,
+    fetched: &[u8],
+    out_room: usize,
+    output: &mut Vec<u8>,
+    call: impl FnOnce(&mut Ioctl<'_>) -> KResult<i64>,
+) -> KResult<IoctlOutcome> {
+    output.clear();
+    let (base_in, base_out) = (layout.in_size(), layout.out_size());
+    let base = |extra_in: &[UserRegion], extra_out: &[UserRegion]| {
+        let region = |len| (len > 0).then_some(UserRegion { addr: arg, len });
+        IoctlOutcome::Fetch {
+            input: region(base_in).into_iter().chain(extra_in.iter().copied()).collect(),
+            output: region(base_out).into_iter().chain(extra_out.iter().copied()).collect(),
+        }
+    };
+    // The first round: the argument itself, before the handler sees anything.
+    if fetched.len() < base_in || out_room < base_out {
+        return Ok(base(&[], &[]));
+    }
+    let (input, rest) = fetched.split_at(base_in);
+    let reach =
+        Reach { unrestricted: true, fetched: rest, out_room: out_room - base_out, ..Reach::default() };
+    let mut handler_out = Vec::new();
+    let mut io = Ioctl::with_reach(cmd, arg, input, &mut handler_out, base_out, reach);
+    let r = call(&mut io);
+    let named = io.take_named();
+    if named.missing {
+        return Ok(base(&named.ins, &named.outs));
+    }
+    let r = r?;
+    *output = handler_out;
+    if !named.outs.is_empty() {
+        // Later regions follow the argument's whole size: pad what the
+        // handler left unwritten with what the caller had there (its
+        // input, for a read-write argument), else zeros, as a kernel
+        // driver's full-struct copy_to_user would.
+        let written = output.len();
+        if written < base_out {
+            let pad =
+                input.get(written..base_out).map_or_else(|| vec![0; base_out - written], <[u8]>::to_vec);
+            output.extend_from_slice(&pad);
+        }
+        for (region, data) in named.outs.iter().zip(&named.out_data) {
+            output.extend_from_slice(data);
+            output.resize(output.len() + region.len - data.len(), 0);
+        }
+    }
+    Ok(IoctlOutcome::Done(r))
+}

@@ -1,0 +1,326 @@
+//! `devlife serve --cuse`: the device nodes as real character devices,
+//! through real processes and system calls.
+//!
+//! These need a kernel with CUSE (`/dev/cuse`) and root. This machine
+//! kind's kernel has none, so they are `#[ignore]`d here and run inside
+//! a VM by `scripts/vm-test` (from `.ci/run`); where the kernel has CUSE,
+//! `scripts/test-all` runs them directly (`--ignored`). Device names are
+//! global to the kernel, so the tests take turns (one server at a time).
+
+mod common;
+
+use common::{Server, until};
+use devlife_drivers::xyz::{XYZ_IOC_FIFO_LEN, XYZ_IOC_REVERSE};
+use rustix::event::PollFlags;
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One CUSE server at a time: `xyz0` can be registered once per kernel.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serve() -> (std::sync::MutexGuard<'static, ()>, Server) {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(Path::new("/dev/cuse").exists(), "no /dev/cuse: run these in scripts/vm-test");
+    let s = Server::start(&["--cuse"]).expect("FUSE is needed for sys/ and debug/");
+    (turn, s)
+}
+
+fn open_dev(name: &str) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(format!("/dev/{name}"), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+}
+
+fn gone(name: &str) -> bool {
+    !Path::new(&format!("/dev/{name}")).exists()
+}
+
+/// Whether thread `tid` of this process is asleep in system call `nr`.
+fn asleep_in(tid: i32, nr: libc::c_long) -> bool {
+    let task = format!("/proc/self/task/{tid}");
+    let syscall = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+    syscall.split_whitespace().next() == Some(&nr.to_string()) && state == Some("S")
+}
+
+/// Runs `f` on a thread of its own once it has sent its tid, and waits
+/// until that thread sleeps in system call `nr`.
+fn blocked<T: Send + 'static>(
+    nr: libc::c_long,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+        f()
+    });
+    let tid = rx.recv().unwrap();
+    until(|| asleep_in(tid, nr));
+    t
+}
+
+fn fifo_len(fd: impl AsFd) -> Result<i32, Errno> {
+    let mut n: libc::c_int = -1;
+    // SAFETY: XYZ_IOC_FIFO_LEN's argument is an `int *`: the kernel copies
+    // 4 bytes to `n`, which lives for the call.
+    let r = unsafe {
+        libc::ioctl(fd.as_fd().as_raw_fd(), XYZ_IOC_FIFO_LEN.raw() as _, &mut n as *mut libc::c_int)
+    };
+    if r < 0 { Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap()) } else { Ok(n) }
+}
+
+#[repr(C)]
+struct XyzBuf {
+    addr: u64,
+    len: u32,
+    done: u32,
+}
+
+fn reverse(fd: impl AsFd, data: &mut [u8]) -> Result<u32, Errno> {
+    let mut b = XyzBuf { addr: data.as_mut_ptr() as u64, len: data.len() as u32, done: 0 };
+    // SAFETY: XYZ_IOC_REVERSE reads and writes the 16-byte `XyzBuf`, and
+    // `len` bytes at `addr`, which is `data`: both live for the call.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), XYZ_IOC_REVERSE.raw() as _, &mut b as *mut XyzBuf) };
+    if r < 0 { Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap()) } else { Ok(b.done) }
+}
+
+/// The C client, compiled once per test run.
+fn c_client() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = std::env::temp_dir().join(format!("devlife-xyz-client-{}", std::process::id()));
+            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuse/client.c");
+            let st = Command::new("cc").args(["-O1", "-Wall", "-o"]).arg(&out).arg(src).status().unwrap();
+            assert!(st.success(), "cc {src}");
+            out
+        })
+        .clone()
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn node_is_a_character_device_with_the_class_number_mode_and_owner() {
+    let (_t, s) = serve();
+    let m = std::fs::metadata("/dev/xyz0").unwrap();
+    assert!(m.file_type().is_char_device(), "S_ISCHR");
+    let class = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
+    let rdev = m.rdev();
+    assert_eq!(class, format!("{}:{}\n", libc::major(rdev), libc::minor(rdev)));
+    let uevent = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/uevent")).unwrap();
+    assert!(uevent.contains(&format!("MAJOR={}\n", libc::major(rdev))), "{uevent}");
+    // The driver's mode and owner (the serving user's, 0600).
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_eq!((m.uid(), m.gid()), (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()));
+    // Enforced by the kernel for another user.
+    let nobody = Command::new("sh")
+        .args(["-c", "exec 3<>/dev/xyz0"])
+        .uid(65534)
+        .gid(65534)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("ermission denied"), "{nobody:?}");
+}
+
+use std::os::unix::process::CommandExt;
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn open_read_write_poll_and_ioctls_from_rust_c_and_python() {
+    let (_t, _s) = serve();
+    let fd = open_dev("xyz0").unwrap();
+    assert_eq!(rustix::io::write(&fd, b"abc"), Ok(3));
+    assert!(common::poll_now(&fd, PollFlags::IN, 10_000).contains(PollFlags::IN));
+    // A tty-style number, its layout declared by the driver.
+    assert_eq!(fifo_len(&fd), Ok(3));
+    assert_eq!(common::read(&fd, 16).unwrap(), b"abc");
+    assert_eq!(common::count(&fd), Ok(1));
+    // A pointer inside the argument, followed both ways.
+    let mut data = *b"0123456789";
+    assert_eq!(reverse(&fd, &mut data), Ok(10));
+    assert_eq!(&data, b"9876543210");
+    let mut big = vec![7u8; devlife_drivers::xyz::REVERSE_MAX + 1];
+    assert_eq!(reverse(&fd, &mut big), Err(Errno::INVAL));
+
+    let c = Command::new(c_client()).args(["/dev/xyz0", "io"]).output().unwrap();
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(c.status.success(), "{c:?}");
+    assert_eq!(out, "poll 1 POLLIN\nfifo_len 5\nread hello\ncount 2\nreverse fedcba 6\n");
+
+    let py = r#"
+import ctypes, fcntl, os, select, struct
+fd = os.open('/dev/xyz0', os.O_RDWR)
+os.write(fd, b'py')
+p = select.poll(); p.register(fd, select.POLLIN)
+print('poll', p.poll(10000)[0][1] & select.POLLIN)
+b = bytearray(8); fcntl.ioctl(fd, 0x80085801, b); print('count', struct.unpack('Q', b)[0])
+n = bytearray(4); fcntl.ioctl(fd, 0x5858, n); print('fifo_len', struct.unpack('i', n)[0])
+print('read', os.read(fd, 16))
+buf = ctypes.create_string_buffer(b'xyz', 3)
+arg = bytearray(struct.pack('QII', ctypes.addressof(buf), 3, 0))
+fcntl.ioctl(fd, 0xc0105806, arg)
+print('reverse', buf.raw, struct.unpack('QII', arg)[2])
+"#;
+    let p = Command::new("python3").args(["-c", py]).output().unwrap();
+    assert!(p.status.success(), "{p:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&p.stdout),
+        "poll 1\ncount 3\nfifo_len 2\nread b'py'\nreverse b'zyx' 3\n"
+    );
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn unbind_wakes_blocked_callers_drains_handlers_and_removes_the_node() {
+    let (_t, s) = serve();
+    let fd = std::sync::Arc::new(open_dev("xyz0").unwrap());
+    let reader = {
+        let fd = fd.clone();
+        blocked(libc::SYS_read, move || common::read(&*fd, 8))
+    };
+    let waiter = {
+        let fd = fd.clone();
+        blocked(libc::SYS_ioctl, move || common::wait_ioctl(&*fd))
+    };
+    let poller = {
+        let fd = fd.clone();
+        blocked(libc::SYS_ppoll, move || common::poll_now(&*fd, PollFlags::IN, 60_000))
+    };
+    // A handler busy (not in a cancellable wait) when the unbind comes.
+    let holder = {
+        let fd = fd.clone();
+        std::thread::spawn(move || common::hold(&*fd, 3000))
+    };
+    until(|| s.stat_line("inflight_ops") >= 3);
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    // The unbind returned: every caller is out, with the FUSE tree's answers.
+    assert_eq!(reader.join().unwrap(), Err(Errno::NODEV));
+    assert_eq!(waiter.join().unwrap(), Err(Errno::NODEV));
+    let revents = poller.join().unwrap();
+    assert!(revents.contains(PollFlags::HUP | PollFlags::ERR), "{revents:?}");
+    assert_eq!(holder.join().unwrap(), Ok(()), "the busy handler finished before the unbind returned");
+    assert_eq!(s.stat_line("inflight_ops"), 0);
+    // The node is gone; the old descriptor reaches nothing (the kernel's
+    // answer once the channel is closed).
+    assert!(gone("xyz0"), "the unbind returned after the node was removed");
+    assert_eq!(common::count(&*fd), Err(Errno::NOTCONN));
+    assert_eq!(common::read(&*fd, 1), Err(Errno::NOTCONN));
+    assert_eq!(common::poll_now(&*fd, PollFlags::IN, 0), PollFlags::ERR, "the kernel's answer, POLLERR only");
+    assert_eq!(open_dev("xyz0").err(), Some(Errno::NOENT));
+
+    // Re-bind: a fresh node, which the old descriptor never reaches.
+    s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+    until(|| !gone("xyz0"));
+    let fresh = open_dev("xyz0").unwrap();
+    assert_eq!(common::count(&fresh), Ok(1), "a new binding's count");
+    assert_eq!(common::count(&*fd), Err(Errno::NOTCONN));
+    let class = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
+    let rdev = std::fs::metadata("/dev/xyz0").unwrap().rdev();
+    assert_eq!(class, format!("{}:{}\n", libc::major(rdev), libc::minor(rdev)));
+
+    // Hot-unplug and hot-plug make and remove the node too.
+    s.write("sys/bus/sim/delete_device", "xyz1").unwrap();
+    until(|| gone("xyz1"));
+    s.write("sys/bus/sim/new_device", "xyz xyz1").unwrap();
+    until(|| !gone("xyz1"));
+    assert_eq!(common::count(open_dev("xyz1").unwrap()), Ok(1));
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn sigint_ends_a_blocked_read_with_eintr() {
+    let (_t, s) = serve();
+    let mut c =
+        Command::new(c_client()).args(["/dev/xyz0", "read-eintr"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = c.id();
+    until(|| {
+        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        sc.split_whitespace().next() == Some(&libc::SYS_read.to_string())
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let st = common::wait_timeout(&mut c, Duration::from_secs(60)).expect("the client hangs after SIGINT");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "EINTR\n");
+    assert!(st.success());
+    // The server is unharmed.
+    assert_eq!(common::count(open_dev("xyz0").unwrap()), Ok(1));
+    drop(s);
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn more_blocked_readers_than_workers_never_stop_other_requests() {
+    let (_t, s) = serve();
+    let fd = std::sync::Arc::new(open_dev("xyz0").unwrap());
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let fd = fd.clone();
+            blocked(libc::SYS_read, move || common::read(&*fd, 1))
+        })
+        .collect();
+    // Twelve handlers asleep; the next request is still answered.
+    assert_eq!(common::count(&*fd), Ok(1));
+    s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), Err(Errno::NODEV));
+    }
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn sigkill_of_the_server_frees_blocked_clients_and_a_restart_brings_the_nodes_back() {
+    let (_t, s) = serve();
+    let fd = std::sync::Arc::new(open_dev("xyz0").unwrap());
+    let reader = {
+        let fd = fd.clone();
+        blocked(libc::SYS_read, move || common::read(&*fd, 1))
+    };
+    let waiter = {
+        let fd = fd.clone();
+        blocked(libc::SYS_ioctl, move || common::wait_ioctl(&*fd))
+    };
+    s.signal(rustix::process::Signal::KILL);
+    // The kernel aborts the channel: calls in the server fail, nothing hangs.
+    assert_eq!(reader.join().unwrap(), Err(Errno::CONNABORTED));
+    assert_eq!(waiter.join().unwrap(), Err(Errno::CONNABORTED));
+    assert_eq!(common::count(&*fd), Err(Errno::NOTCONN));
+    until(|| gone("xyz0") && gone("xyz1"));
+    drop(s);
+    // No client thread of ours is left in state D.
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+        assert_ne!(stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("D"));
+    }
+    let s = Server::start(&["--cuse"]).unwrap();
+    until(|| !gone("xyz0"));
+    assert_eq!(common::count(open_dev("xyz0").unwrap()), Ok(1));
+    assert_eq!(common::count(&*fd), Err(Errno::NOTCONN), "the old descriptor stays dead");
+    drop(s);
+}
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn server_shutdown_removes_every_node() {
+    let (_t, s) = serve();
+    assert!(!gone("xyz0") && !gone("xyz1"));
+    let log = s.stderr.clone();
+    let st = s.stop();
+    assert!(st.success(), "{st:?}: {}", log.lock().unwrap());
+    assert!(gone("xyz0") && gone("xyz1"));
+}

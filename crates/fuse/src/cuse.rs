@@ -1,0 +1,277 @@
+//! CUSE: one character device served through a `/dev/cuse` channel.
+//!
+//! Opening `/dev/cuse` makes the kernel send `CUSE_INIT`; the reply names
+//! the device (`DEVNAME=`) and, optionally, its number, and the kernel
+//! registers a real character device of class `cuse` before the reply's
+//! `write` returns (devtmpfs then makes `/dev/<name>` by itself). From then
+//! on the channel carries the requests of that device's open files, as a
+//! FUSE connection does: OPEN (node id 0), READ and WRITE (always at
+//! offset 0: the kernel keeps no file position, its `llseek` is
+//! `noop_llseek`), IOCTL (unrestricted: [`IoctlArgs`](crate::IoctlArgs)),
+//! POLL, RELEASE and INTERRUPT. The kernel sends no FLUSH and no FSYNC to
+//! a CUSE device (`cuse_frontend_fops` has neither), no LOOKUP, GETATTR or
+//! FORGET (the node is devtmpfs's), and it offers no FUSE over io_uring:
+//! `cuse_process_init_reply` never negotiates it, so the channel is served
+//! by the `/dev/fuse` worker pool (one shared descriptor: a CUSE channel
+//! cannot be cloned).
+//!
+//! The device exists until the channel's last descriptor is closed
+//! (`cuse_channel_release`: device and number unregistered, then the
+//! connection aborted). Its open files then fail `ENOTCONN`, and a call
+//! blocked in the server at that moment `ECONNABORTED`; the kernel sends
+//! no RELEASE for them. [`CuseDevice::close`] ends a channel from the
+//! server's side: it aborts the connection (`/sys/class/cuse/<name>/abort`),
+//! waits for the workers, and swaps the descriptor for `/dev/null`, so
+//! that no clone of the channel kept elsewhere (a [`Notifier`]) keeps the
+//! device, and its name, registered.
+
+use crate::abi::{self, cuse};
+use crate::decode::{Operation, decode};
+use crate::dev;
+use crate::fs::Filesystem;
+use crate::notify::Notifier;
+use crate::reply::{err, send};
+use crate::session::{Config, Negotiated, Session, Shared, Transport, TransportStats};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::io::Errno;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use zerocopy::IntoBytes;
+
+/// The CUSE channel device.
+pub const CUSE_DEV: &str = "/dev/cuse";
+
+/// Where the kernel shows CUSE devices (`cuse_class`).
+const CLASS: &str = "/sys/class/cuse";
+
+/// Workers started with a channel: one to take requests and one idle, so
+/// a first blocking handler does not wait for a thread start.
+const INITIAL_WORKERS: usize = 2;
+
+/// A character device served over CUSE.
+///
+/// It exists, as `/dev/<name>` with class `cuse`, from
+/// [`open`](Self::open) until [`close`](Self::close) or drop.
+pub struct CuseDevice<F: Filesystem> {
+    session: Session<F>,
+    name: String,
+    devt: (u32, u32),
+    closed: bool,
+}
+
+/// Why a device name cannot be sent in `CUSE_INIT`: empty, longer than
+/// the device-info page allows, or holding `/`, NUL or white space (the
+/// kernel's name becomes a sysfs directory and the devtmpfs path).
+fn check_name(name: &str) -> io::Result<()> {
+    let bad = name.is_empty()
+        || name.len() + "DEVNAME=".len() + 1 > cuse::INIT_INFO_MAX
+        || name == "."
+        || name == ".."
+        || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b'=');
+    if bad {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad CUSE device name {name:?}")));
+    }
+    Ok(())
+}
+
+impl<F: Filesystem> CuseDevice<F> {
+    /// Opens a channel and registers the device `name` with number `devt`
+    /// (`None`: a dynamic major, as `alloc_chrdev_region` gives), served by
+    /// `fs`. Returns once the device is registered and requests are served.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a bad name; `AlreadyExists` when a CUSE device
+    /// of that name exists (the kernel allows one per name); `NotFound`
+    /// when the kernel has no CUSE (`/dev/cuse` missing: load `cuse`);
+    /// the kernel's refusal otherwise (a number taken, no permission).
+    pub fn open(name: &str, devt: Option<(u32, u32)>, fs: F, config: Config) -> io::Result<Self> {
+        check_name(name)?;
+        if class_dir(name).exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("CUSE device {name} exists")));
+        }
+        let fd = rustix::fs::open(
+            CUSE_DEV,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{CUSE_DEV}: {e}")))?;
+        let negotiated = handshake(&fd, name, devt, &config)?;
+        // The kernel checked the reply after our write returned; a refusal
+        // (a name or number taken) aborts the connection.
+        if aborted(&fd) {
+            return Err(io::Error::other(format!(
+                "the kernel refused CUSE device {name} (its name or number is taken; see dmesg)"
+            )));
+        }
+        let devt = read_devt(name)?;
+        let shared =
+            Shared::new(fs, Arc::new(fd), config, negotiated, Arc::new(TransportStats::default()), true);
+        for _ in 0..INITIAL_WORKERS {
+            dev::spawn_worker(&shared);
+        }
+        let _ = shared.stats.transport.set(Transport::DevFuse);
+        let session = Session { shared, transport: Transport::DevFuse };
+        Ok(CuseDevice { session, name: name.to_owned(), devt, closed: false })
+    }
+
+    /// The device's name (`/dev/<name>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device number the kernel registered: `(major, minor)`.
+    pub fn devt(&self) -> (u32, u32) {
+        self.devt
+    }
+
+    /// The file system serving it.
+    pub fn fs(&self) -> &F {
+        self.session.fs()
+    }
+
+    /// The notifier (poll wake-ups).
+    pub fn notifier(&self) -> &Notifier {
+        self.session.notifier()
+    }
+
+    /// Removes the device: aborts the channel (calls in the server then
+    /// fail `ECONNABORTED`, later calls on its open files `ENOTCONN`),
+    /// waits for every worker to leave, and closes the channel, which
+    /// unregisters the device and frees its name. Returns once the kernel
+    /// has unregistered it (devtmpfs removes `/dev/<name>` right after).
+    pub fn close(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let s = &self.session.shared;
+        if !s.is_ended() {
+            if let Err(e) = std::fs::write(class_dir(&self.name).join("abort"), "1") {
+                tracing::warn!(device = %self.name, "aborting the CUSE channel: {e}");
+            }
+        }
+        self.session.wait();
+        // Every worker is gone; what still holds the descriptor (the
+        // notifier thread, notifiers kept by pollers) now holds /dev/null,
+        // and the channel's file is released here.
+        match rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(null) => {
+                let mut target = clone_owned(&s.master);
+                if let Err(e) = rustix::io::dup2(&null, &mut target) {
+                    tracing::warn!(device = %self.name, "closing the CUSE channel: {e}");
+                }
+                // `target` is the channel's own number: not ours to close.
+                std::mem::forget(target);
+            }
+            Err(e) => tracing::warn!(device = %self.name, "closing the CUSE channel: /dev/null: {e}"),
+        }
+    }
+}
+
+impl<F: Filesystem> Drop for CuseDevice<F> {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// An `OwnedFd` with the same number as `fd`, for `dup2`'s target (never
+/// dropped: the caller forgets it).
+fn clone_owned(fd: &OwnedFd) -> OwnedFd {
+    use rustix::fd::{AsRawFd, FromRawFd};
+    // SAFETY: the number belongs to `fd`, which outlives this call; the
+    // caller `mem::forget`s the returned value, so it is never closed
+    // twice, and `dup2` only replaces what the number refers to.
+    unsafe { OwnedFd::from_raw_fd(fd.as_raw_fd()) }
+}
+
+fn class_dir(name: &str) -> PathBuf {
+    PathBuf::from(CLASS).join(name)
+}
+
+/// Whether the kernel aborted the channel (`fuse_dev_poll` reports
+/// `POLLERR` once the connection is down; a live one with no request
+/// pending reports nothing).
+fn aborted(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0].revents().contains(PollFlags::ERR)
+}
+
+/// The registered number, from `/sys/class/cuse/<name>/dev` (written by
+/// `device_add` before the reply's write returned; read a few times in
+/// case sysfs lags).
+fn read_devt(name: &str) -> io::Result<(u32, u32)> {
+    let path = class_dir(name).join("dev");
+    let mut last = None;
+    for _ in 0..100 {
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let (ma, mi) = s
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| io::Error::other(format!("{}: {s:?}", path.display())))?;
+                let p = |v: &str| {
+                    v.parse::<u32>().map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+                };
+                return Ok((p(ma)?, p(mi)?));
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no device number")))
+}
+
+/// Answers `CUSE_INIT`: the protocol version, limits, unrestricted
+/// ioctls, and the device's name and number.
+fn handshake(fd: &OwnedFd, name: &str, devt: Option<(u32, u32)>, config: &Config) -> io::Result<Negotiated> {
+    let mut buf = vec![0u8; config.max_write as usize + 4096];
+    loop {
+        let n = match rustix::io::read(fd.as_fd(), &mut buf) {
+            Ok(n) => n,
+            Err(Errno::INTR | Errno::AGAIN) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let req = decode(&buf[..n]).map_err(|e| io::Error::other(format!("bad first CUSE request: {e}")))?;
+        let Operation::CuseInit(i) = req.op else {
+            err(fd, req.header.unique, Errno::IO);
+            continue;
+        };
+        // `cuse_process_init_reply` wants the kernel's major and minor >= 11.
+        if i.major != abi::KERNEL_VERSION || i.minor < 11 {
+            err(fd, req.header.unique, Errno::PROTO);
+            return Err(io::Error::other(format!("kernel CUSE {}.{} is not supported", i.major, i.minor)));
+        }
+        let (dev_major, dev_minor) = devt.unwrap_or((0, 0));
+        let out = abi::CuseInitOut {
+            major: abi::KERNEL_VERSION,
+            minor: i.minor.min(abi::KERNEL_MINOR_VERSION),
+            flags: i.flags & cuse::UNRESTRICTED_IOCTL,
+            max_read: config.max_write,
+            max_write: config.max_write,
+            dev_major,
+            dev_minor,
+            ..Default::default()
+        };
+        let info = format!("DEVNAME={name}\0");
+        send(fd, req.header.unique, 0, &[out.as_bytes(), info.as_bytes()])
+            .map_err(|e| io::Error::other(format!("CUSE_INIT reply: {e}")))?;
+        return Ok(Negotiated {
+            max_write: config.max_write,
+            max_pages: (config.max_write / 4096) as u16,
+            ring: false,
+        });
+    }
+}
