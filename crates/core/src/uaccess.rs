@@ -234,6 +234,10 @@ pub(crate) fn ioctl_unrestricted(
             output: region(base_out).into_iter().chain(extra_out.iter().copied()).collect(),
         }
     };
+    // A declared layout may name more than one request carries.
+    if base_in > IOCTL_MEM_MAX || base_out > IOCTL_MEM_MAX {
+        return Err(Errno::ENOMEM);
+    }
     // The first round: the argument itself, before the handler sees anything.
     if fetched.len() < base_in || out_room < base_out {
         return Ok(base(&[], &[]));

@@ -128,7 +128,9 @@ impl Options {
     /// `sys/class/<class>/<node>/dev` then shows the real device's number.
     /// `dev/` in the mount stays too. What clients see at removal differs
     /// from the FUSE tree where the kernel decides (`docs/ARCHITECTURE.md`,
-    /// "Real character devices"). Default: [`CUSE_ENV`] (`DEVLIFE_CUSE=1`), else off.
+    /// "Real character devices"). CUSE device names are the kernel's, one
+    /// each: a node whose name another CUSE server holds stays in `dev/`
+    /// only (logged). Default: [`CUSE_ENV`] (`DEVLIFE_CUSE=1`), else off.
     pub fn cuse(mut self, yes: bool) -> Self {
         self.cuse = yes;
         self
