@@ -324,3 +324,30 @@ fn server_shutdown_removes_every_node() {
     assert!(st.success(), "{st:?}: {}", log.lock().unwrap());
     assert!(gone("xyz0") && gone("xyz1"));
 }
+
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn racing_hot_plug_and_unplug_leave_no_stale_device() {
+    let (_t, s) = serve();
+    let dir = s.dir.clone();
+    let plug = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            for _ in 0..30 {
+                let _ = std::fs::write(dir.join("sys/bus/sim/new_device"), "xyz xyz9");
+            }
+        })
+    };
+    for _ in 0..30 {
+        let _ = std::fs::write(dir.join("sys/bus/sim/delete_device"), "xyz9");
+    }
+    plug.join().unwrap();
+    let _ = std::fs::write(dir.join("sys/bus/sim/delete_device"), "xyz9");
+    assert!(gone("xyz9"), "no CUSE device outlives its node");
+    s.write("sys/bus/sim/new_device", "xyz xyz9").unwrap();
+    assert!(!gone("xyz9"), "the name is free for a new device");
+    assert_eq!(common::count(open_dev("xyz9").unwrap()), Ok(1));
+    let rdev = std::fs::metadata("/dev/xyz9").unwrap().rdev();
+    let class = std::fs::read_to_string(s.p("sys/class/xyz/xyz9/dev")).unwrap();
+    assert_eq!(class, format!("{}:{}\n", libc::major(rdev), libc::minor(rdev)));
+}

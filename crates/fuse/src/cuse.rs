@@ -142,7 +142,9 @@ impl<F: Filesystem> CuseDevice<F> {
     /// fail `ECONNABORTED`, later calls on its open files `ENOTCONN`),
     /// waits for every worker to leave, and closes the channel, which
     /// unregisters the device and frees its name. Returns once the kernel
-    /// has unregistered it (devtmpfs removes `/dev/<name>` right after).
+    /// has unregistered it (devtmpfs removes `/dev/<name>` right after);
+    /// if the abort cannot be written (no sysfs, no permission) it logs
+    /// that and leaves the device until the process exits.
     pub fn close(mut self) {
         self.shut();
     }
@@ -154,7 +156,14 @@ impl<F: Filesystem> CuseDevice<F> {
         let s = &self.session.shared;
         if !s.is_ended() {
             if let Err(e) = std::fs::write(class_dir(&self.name).join("abort"), "1") {
-                tracing::warn!(device = %self.name, "aborting the CUSE channel: {e}");
+                // Workers asleep in read(2) on the channel would never
+                // return, and swapping the descriptor under them would
+                // lose the replies of requests they take: leave it.
+                tracing::error!(
+                    device = %self.name,
+                    "cannot abort the CUSE channel ({e}): the device stays until the process exits"
+                );
+                return;
             }
         }
         self.session.wait();

@@ -199,8 +199,11 @@ impl CuseNodes {
             let _ = t.join();
         }
         let Some(n) = sys.dev_lookup(name) else { return };
-        if self.lock().stopped || self.lock().open.contains_key(name) {
-            return;
+        {
+            let st = self.lock();
+            if st.stopped || st.open.contains_key(name) {
+                return;
+            }
         }
         let started = Instant::now();
         let config = Config { io_uring: false, ..Config::default() };
@@ -217,13 +220,27 @@ impl CuseNodes {
         }
         let (major, minor) = dev.devt();
         tracing::debug!(node = name, major, minor, duration = ?started.elapsed(), "CUSE device up");
-        self.lock().open.insert(name.to_owned(), dev);
+        let mut st = self.lock();
+        // Removed while its channel was being made: `remove` found nothing
+        // to close (it takes this lock after unpublishing the node, so the
+        // lookup tells), and this channel must not outlive its node.
+        if sys.dev_lookup(name).map(|d| d.node.id()) != Some(n.node.id()) {
+            self.close_after_removal(&mut st, name, dev);
+            return;
+        }
+        st.open.insert(name.to_owned(), dev);
     }
 
     fn remove(&self, name: &str) {
-        let Some(dev) = self.lock().open.remove(name) else { return };
-        // The node is unpublished already; its removal runs after this
-        // hook on this thread, so the close waits for it elsewhere.
+        let mut st = self.lock();
+        let Some(dev) = st.open.remove(name) else { return };
+        self.close_after_removal(&mut st, name, dev);
+    }
+
+    /// Closes `dev` once its node's removal has completed, on a thread of
+    /// its own: the removal runs after the hook that asked for this, on
+    /// the hook's thread.
+    fn close_after_removal(&self, st: &mut State, name: &str, dev: CuseDevice<CuseNode>) {
         let node = dev.fs().node.clone();
         let spawned =
             std::thread::Builder::new().name(format!("devlife-cuse-close:{name}")).spawn(move || {
@@ -232,7 +249,11 @@ impl CuseNodes {
             });
         match spawned {
             Ok(t) => {
-                self.lock().closing.insert(name.to_owned(), t);
+                if let Some(old) = st.closing.insert(name.to_owned(), t) {
+                    // Two closes of one name cannot both be pending: the
+                    // add that follows a close joins it first.
+                    let _ = old.join();
+                }
             }
             Err(e) => tracing::error!(node = name, "cannot close its CUSE device: {e}"),
         }

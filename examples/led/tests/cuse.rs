@@ -17,6 +17,7 @@ fn the_seekable_node_reads_to_its_end_from_the_position_the_server_keeps() {
         .env("RUST_LOG", "warn")
         .env("DEVLIFE_CUSE", "1")
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
