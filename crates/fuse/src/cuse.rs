@@ -100,8 +100,9 @@ impl<F: Filesystem> CuseDevice<F> {
         )
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{CUSE_DEV}: {e}")))?;
         let negotiated = handshake(&fd, name, devt, &config)?;
-        // The kernel checked the reply after our write returned; a refusal
-        // (a name or number taken) aborts the connection.
+        // The kernel checks the reply before our write returns
+        // (`cuse_process_init_reply`); a refusal (a name or number taken)
+        // aborts the connection.
         if aborted(&fd) {
             return Err(io::Error::other(format!(
                 "the kernel refused CUSE device {name} (its name or number is taken; see dmesg)"
