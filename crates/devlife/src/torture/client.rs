@@ -34,14 +34,22 @@ pub struct Opts {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Use the CUSE devices, `/dev/<node>`, instead of the tree's `dev/`.
+    #[arg(long)]
+    pub cuse: bool,
 }
 
-/// What errors an operation may see while devices come and go.
-fn allowed(e: Errno) -> bool {
+/// What errors an operation may see while devices come and go. Over CUSE
+/// also the kernel's answers once a removed node's channel is closed:
+/// `ENOTCONN` on an old descriptor, `ECONNABORTED` for a request the
+/// kernel still held when it closed.
+fn allowed(e: Errno, cuse: bool) -> bool {
     matches!(e, Errno::NODEV | Errno::NXIO | Errno::NOENT | Errno::INTR | Errno::AGAIN)
+        || (cuse && matches!(e, Errno::NOTCONN | Errno::CONNABORTED))
 }
 
 struct Tally {
+    cuse: bool,
     ops: AtomicU64,
     unexpected: Mutex<BTreeMap<String, u64>>,
     hangs: AtomicU64,
@@ -51,7 +59,7 @@ impl Tally {
     fn result<T>(&self, what: &str, r: Result<T, Errno>) {
         self.ops.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = r {
-            if !allowed(e) {
+            if !allowed(e, self.cuse) {
                 *self
                     .unexpected
                     .lock()
@@ -128,7 +136,8 @@ fn sigusr1_blocked(blocked: bool) {
     }
 }
 
-/// Runs the client; prints `client ops=N hangs=N unexpected=...`.
+/// Runs the client; prints `ready` once SIGUSR1 is handled, and at the end
+/// `client ops=N hangs=N unexpected=...`.
 pub fn run(o: &Opts) -> i32 {
     // SIGUSR1 from the parent interrupts blocked calls (EINTR); the handler
     // itself does nothing.
@@ -139,15 +148,24 @@ pub fn run(o: &Opts) -> i32 {
     }
     // Inherited by every thread spawned from here; workers unblock it.
     sigusr1_blocked(true);
+    // The parent signals this process only from now on: a SIGUSR1 before
+    // the handler was installed would have ended it.
+    println!("ready");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
-    let tally =
-        Arc::new(Tally { ops: AtomicU64::new(0), unexpected: Mutex::default(), hangs: AtomicU64::new(0) });
+    let tally = Arc::new(Tally {
+        cuse: o.cuse,
+        ops: AtomicU64::new(0),
+        unexpected: Mutex::default(),
+        hangs: AtomicU64::new(0),
+    });
     // Start time (ms since `t0`) of each thread's current operation, or 0.
     let t0 = Instant::now();
     let busy: Arc<Vec<AtomicU64>> = Arc::new((0..o.threads).map(|_| AtomicU64::new(0)).collect());
     let threads: Vec<_> = (0..o.threads)
         .map(|i| {
-            let (tally, busy, mount) = (tally.clone(), busy.clone(), o.mount.clone());
+            let (tally, busy) = (tally.clone(), busy.clone());
+            let nodes = if o.cuse { PathBuf::from("/dev") } else { o.mount.join("dev") };
             let mut rng = Rng::new(o.seed.wrapping_mul(31).wrapping_add(i as u64 + 1));
             std::thread::spawn(move || {
                 sigusr1_blocked(false);
@@ -158,7 +176,7 @@ pub fn run(o: &Opts) -> i32 {
                         flags |= OFlags::NONBLOCK;
                     }
                     busy[i].store(t0.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-                    let fd = rustix::fs::open(mount.join("dev").join(node), flags, Mode::empty());
+                    let fd = rustix::fs::open(nodes.join(node), flags, Mode::empty());
                     busy[i].store(0, Ordering::Relaxed);
                     let fd = match fd {
                         Ok(fd) => fd,

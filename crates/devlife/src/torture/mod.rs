@@ -61,10 +61,16 @@ pub struct Opts {
     /// The started server's `--io-uring`.
     #[arg(long, value_enum, default_value_t = crate::serve::IoUring::Auto)]
     pub io_uring: crate::serve::IoUring,
+    /// Serve the nodes over CUSE too (`devlife serve --cuse`; root, a
+    /// kernel with CUSE) and have the clients use `/dev/<node>`.
+    #[arg(long)]
+    pub cuse: bool,
+    /// A removal slower than this many milliseconds is a violation
+    /// (default: the longest hold a client issues plus 100; raise it under
+    /// emulation, where everything is tens of times slower).
+    #[arg(long, default_value_t = MAX_HOLD_MS + 100)]
+    pub removal_bound_ms: u64,
 }
-
-/// A removal slower than this is a violation.
-const REMOVAL_BOUND: Duration = Duration::from_millis(MAX_HOLD_MS + 100);
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), Errno> {
     let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
@@ -80,7 +86,12 @@ fn stats(dir: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-pub(crate) fn start_server(exe: &Path, dir: &Path, io_uring: crate::serve::IoUring) -> Result<Child, String> {
+pub(crate) fn start_server(
+    exe: &Path,
+    dir: &Path,
+    io_uring: crate::serve::IoUring,
+    cuse: bool,
+) -> Result<Child, String> {
     let mode =
         clap::ValueEnum::to_possible_value(&io_uring).map(|v| v.get_name().to_owned()).unwrap_or_default();
     let mut child = Command::new(exe)
@@ -91,6 +102,7 @@ pub(crate) fn start_server(exe: &Path, dir: &Path, io_uring: crate::serve::IoUri
         .arg(dir)
         .arg("--io-uring")
         .arg(mode)
+        .args(cuse.then_some("--cuse"))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the server: {e}"))?;
@@ -106,6 +118,8 @@ pub(crate) fn start_server(exe: &Path, dir: &Path, io_uring: crate::serve::IoUri
 }
 
 struct Chaos {
+    /// A removal slower than this is a violation.
+    bound: Duration,
     removals: AtomicU64,
     slow: AtomicU64,
     slowest_us: AtomicU64,
@@ -149,9 +163,9 @@ fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
     if removal && r.is_ok() {
         c.removals.fetch_add(1, Ordering::Relaxed);
         c.slowest_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
-        if took > REMOVAL_BOUND {
+        if took > c.bound {
             c.slow.fetch_add(1, Ordering::Relaxed);
-            eprintln!("torture: removal `{text}` took {took:?} (bound {REMOVAL_BOUND:?})");
+            eprintln!("torture: removal `{text}` took {took:?} (bound {:?})", c.bound);
         }
     }
 }
@@ -181,7 +195,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 std::env::temp_dir().join(format!("devlife-torture-{}", std::process::id()))
             });
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-            let child = start_server(&exe, &d, o.io_uring)?;
+            let child = start_server(&exe, &d, o.io_uring, o.cuse)?;
             (std::fs::canonicalize(&d).map_err(|e| e.to_string())?, Some(child))
         }
     };
@@ -199,7 +213,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
     );
     let base = stats(&dir);
 
-    let clients: Vec<Child> = (0..o.clients)
+    let mut clients: Vec<Child> = (0..o.clients)
         .map(|i| {
             Command::new(&exe)
                 .arg("torture-client")
@@ -211,12 +225,40 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 .arg(o.seconds.to_string())
                 .arg("--threads")
                 .arg(o.threads.to_string())
+                .args(o.cuse.then_some("--cuse"))
                 .stdout(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("cannot start a client: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let pids: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(clients.iter().map(Child::id).collect()));
+    // A client is signalled once it says it handles SIGUSR1 (its first
+    // line); one that never says so is an error, not a quiet zero.
+    let mut outs = Vec::new();
+    let mut ready = Vec::new();
+    for c in &mut clients {
+        let out = c.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Some(o) = out else { return };
+            let mut r = BufReader::new(o);
+            for _ in 0..2 {
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        if first.trim() == "ready" {
+            ready.push(c.id());
+        } else {
+            eprintln!("torture: client {} did not start (said {:?})", c.id(), first.trim());
+        }
+        outs.push(rx);
+    }
+    let silent = (clients.len() - ready.len()) as u64;
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(ready));
     let watch = stuck::Watch::start();
     for c in &clients {
         watch.add(c.id());
@@ -244,6 +286,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
 
     // Chaos until the deadline.
     let chaos = Chaos {
+        bound: Duration::from_millis(o.removal_bound_ms),
         removals: AtomicU64::new(0),
         slow: AtomicU64::new(0),
         slowest_us: AtomicU64::new(0),
@@ -268,18 +311,10 @@ fn torture(o: &Opts) -> Result<bool, String> {
 
     // Collect the clients (hang guard: 30 s past the deadline each).
     let (mut ops, mut hangs, mut errors, mut survived_kill) = (0u64, 0u64, 0u64, 0u64);
-    for mut c in clients {
-        let out = c.stdout.take();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            if let Some(o) = out {
-                let _ = BufReader::new(o).read_line(&mut line);
-            }
-            let _ = tx.send(line);
-        });
+    errors += silent;
+    for (mut c, rx) in clients.into_iter().zip(outs) {
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
+            Ok(line) if line.starts_with("client ") => {
                 let field = |k: &str| -> u64 {
                     line.split_whitespace()
                         .find_map(|w| w.strip_prefix(k))
@@ -292,6 +327,11 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 if field("unexpected=") > 0 {
                     eprintln!("torture: {}", line.trim());
                 }
+            }
+            Ok(line) => {
+                // Ended without its report (killed, crashed).
+                errors += 1;
+                eprintln!("torture: client {} ended without its report ({:?})", c.id(), line.trim());
             }
             Err(_) => {
                 hangs += 1;
