@@ -128,6 +128,8 @@ pub(crate) struct Reach<'a> {
     pub(crate) fetched: &'a [u8],
     /// Room for output after the argument's.
     pub(crate) out_room: usize,
+    /// The argument's own input and output sizes (the limits count them).
+    pub(crate) base: (usize, usize),
     pub(crate) named: Named,
 }
 
@@ -155,12 +157,19 @@ impl<'a> Reach<'a> {
         self.named.ins.len() + self.named.outs.len()
     }
 
+    /// Whether one more region of `len` bytes after `used` would pass a
+    /// limit (the argument's two regions count; `len` may be anything a
+    /// caller put in its struct).
+    fn too_much(&self, used: usize, len: usize) -> bool {
+        self.regions() + 2 >= IOCTL_MAX_REGIONS || used.saturating_add(len) > IOCTL_MEM_MAX
+    }
+
     pub(crate) fn read(&mut self, addr: u64, len: usize) -> KResult<&'a [u8]> {
         if !self.unrestricted {
             return Err(Errno::EOPNOTSUPP);
         }
         let start = self.in_used();
-        if self.regions() + 2 > IOCTL_MAX_REGIONS || start + len > IOCTL_MEM_MAX {
+        if self.too_much(self.base.0 + start, len) {
             return Err(Errno::ENOMEM);
         }
         self.named.ins.push(UserRegion { addr, len });
@@ -179,7 +188,7 @@ impl<'a> Reach<'a> {
             return Err(Errno::EOPNOTSUPP);
         }
         let start = self.out_used();
-        if self.regions() + 2 > IOCTL_MAX_REGIONS || start + len > IOCTL_MEM_MAX {
+        if self.too_much(self.base.1 + start, len) {
             return Err(Errno::ENOMEM);
         }
         self.named.outs.push(UserRegion { addr, len });
@@ -243,8 +252,13 @@ pub(crate) fn ioctl_unrestricted(
         return Ok(base(&[], &[]));
     }
     let (input, rest) = fetched.split_at(base_in);
-    let reach =
-        Reach { unrestricted: true, fetched: rest, out_room: out_room - base_out, ..Reach::default() };
+    let reach = Reach {
+        unrestricted: true,
+        fetched: rest,
+        out_room: out_room - base_out,
+        base: (base_in, base_out),
+        ..Reach::default()
+    };
     let mut handler_out = Vec::new();
     let mut io = Ioctl::with_reach(cmd, arg, input, &mut handler_out, base_out, reach);
     let r = call(&mut io);

@@ -167,11 +167,15 @@ fn a_pointer_inside_the_argument_is_followed_in_a_second_round() {
 fn a_region_larger_than_one_request_is_refused_before_asking() {
     let (_sys, _reg, f, dev) = node();
     let mut mem = Memory::default();
-    let mut arg = 0x9000u64.to_ne_bytes().to_vec();
-    arg.extend_from_slice(&((uaccess::IOCTL_MEM_MAX as u32) + 1).to_ne_bytes());
-    arg.extend_from_slice(&0u32.to_ne_bytes());
-    mem.0.insert(0x3000, arg);
-    assert_eq!(kernel_ioctl(&f, REVERSE, 0x3000, &mut mem), (Err(Errno::ENOMEM), 2));
+    // Past the limit with the argument's own 16 bytes counted, and a
+    // length that would overflow a sum.
+    for len in [uaccess::IOCTL_MEM_MAX as u32 - 15, u32::MAX] {
+        let mut arg = 0x9000u64.to_ne_bytes().to_vec();
+        arg.extend_from_slice(&len.to_ne_bytes());
+        arg.extend_from_slice(&0u32.to_ne_bytes());
+        mem.0.insert(0x3000, arg);
+        assert_eq!(kernel_ioctl(&f, REVERSE, 0x3000, &mut mem), (Err(Errno::ENOMEM), 2), "len {len}");
+    }
     assert_eq!(dev.actions.load(Ordering::Relaxed), 0);
 }
 
