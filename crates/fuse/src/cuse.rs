@@ -38,7 +38,6 @@ use rustix::io::Errno;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use zerocopy::IntoBytes;
 
 /// The CUSE channel device.
@@ -219,29 +218,15 @@ fn aborted(fd: &OwnedFd) -> bool {
         && fds[0].revents().contains(PollFlags::ERR)
 }
 
-/// The registered number, from `/sys/class/cuse/<name>/dev` (written by
-/// `device_add` before the reply's write returned; read a few times in
-/// case sysfs lags).
+/// The registered number, from `/sys/class/cuse/<name>/dev`: `device_add`
+/// made it while our reply's write ran (`cuse_process_init_reply`).
 fn read_devt(name: &str) -> io::Result<(u32, u32)> {
     let path = class_dir(name).join("dev");
-    let mut last = None;
-    for _ in 0..100 {
-        match std::fs::read_to_string(&path) {
-            Ok(s) => {
-                let (ma, mi) = s
-                    .trim()
-                    .split_once(':')
-                    .ok_or_else(|| io::Error::other(format!("{}: {s:?}", path.display())))?;
-                let p = |v: &str| {
-                    v.parse::<u32>().map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
-                };
-                return Ok((p(ma)?, p(mi)?));
-            }
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("no device number")))
+    let bad = |what: String| io::Error::other(format!("{}: {what}", path.display()));
+    let s = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let (ma, mi) = s.trim().split_once(':').ok_or_else(|| bad(format!("{s:?}")))?;
+    let p = |v: &str| v.parse::<u32>().map_err(|e| bad(e.to_string()));
+    Ok((p(ma)?, p(mi)?))
 }
 
 /// Answers `CUSE_INIT`: the protocol version, limits, unrestricted

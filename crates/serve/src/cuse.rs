@@ -11,22 +11,17 @@
 //! on old descriptors fail `ENOTCONN`, its choice). `docs/ARCHITECTURE.md`
 //! has the table.
 
-use crate::fs::{KernelPoller, caller, file_ioctl, kerr};
-use devlife_core::gate::Wake;
-use devlife_core::{Change, File, Llseek, NodeRef, PollMask, System, WeakSystem};
+use crate::fs::{caller, file_ioctl, file_poll, kerr};
+use crate::handles::Handles;
+use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};
 use devlife_fuse::{
     Config, CuseDevice, Errno, Filesystem, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs, Req,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// How long a new device's `/dev` entry may take to appear (devtmpfs
-/// makes it on its own thread) before its mode and owner are given up on.
-const DEVTMPFS_BOUND: Duration = Duration::from_secs(5);
+use std::time::Instant;
 
 /// An open file of a CUSE device, with the position the kernel does not
 /// keep (every CUSE read and write comes at offset 0).
@@ -39,18 +34,17 @@ struct CuseFile {
 /// One node's requests, as a CUSE channel brings them.
 pub(crate) struct CuseNode {
     node: NodeRef,
-    files: Mutex<HashMap<u64, Arc<CuseFile>>>,
-    next_fh: AtomicU64,
+    files: Handles<CuseFile>,
     notifier: OnceLock<Notifier>,
 }
 
 impl CuseNode {
     fn new(node: NodeRef) -> Self {
-        CuseNode { node, files: Mutex::default(), next_fh: AtomicU64::new(1), notifier: OnceLock::new() }
+        CuseNode { node, files: Handles::default(), notifier: OnceLock::new() }
     }
 
     fn file(&self, fh: u64) -> Result<Arc<CuseFile>, Errno> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::BADF)
+        self.files.get(fh).ok_or(Errno::BADF)
     }
 
     /// Runs `f` at the file's position and advances it by what `f` moved.
@@ -76,9 +70,7 @@ impl Filesystem for CuseNode {
         // The kernel checked the caller against the /dev node's mode.
         let file = self.node.open(&caller(req, flags)).map_err(kerr)?;
         let pos = (!matches!(file.llseek(), Llseek::Stream | Llseek::NoSeek)).then(|| Mutex::new(0));
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(CuseFile { file, pos }));
-        Ok(Opened { fh, flags: 0 })
+        Ok(Opened { fh: self.files.add(CuseFile { file, pos }), flags: 0 })
     }
 
     fn read(&self, req: &Req<'_>, _ino: u64, arg: &ReadArgs, out: &mut Vec<u8>) -> Result<(), Errno> {
@@ -106,8 +98,7 @@ impl Filesystem for CuseNode {
     }
 
     fn release(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
-        let f = self.files.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
-        if let Some(f) = f {
+        if let Some(f) = self.files.remove(fh) {
             f.file.close();
         }
         Ok(())
@@ -125,11 +116,7 @@ impl Filesystem for CuseNode {
     }
 
     fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {
-        let f = self.file(fh)?;
-        let waker: Option<Arc<dyn Wake>> =
-            kh.map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
-        let m: PollMask = f.file.poll_once(&caller(req, 0), waker.as_ref());
-        Ok(m.0)
+        Ok(file_poll(&self.file(fh)?.file, req, kh))
     }
 }
 
@@ -281,16 +268,11 @@ impl CuseNodes {
     }
 }
 
-/// Gives `/dev/<name>` its driver's mode and owner once devtmpfs made it.
+/// Gives `/dev/<name>` its driver's mode and owner. devtmpfs made the
+/// entry before the device's registration returned (`device_add` waits for
+/// `devtmpfs_create_node`), that is, before `CuseDevice::open` did.
 fn set_owner(path: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let deadline = Instant::now() + DEVTMPFS_BOUND;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "devtmpfs did not make it"));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
 }

@@ -3,9 +3,9 @@
 
 use crate::control;
 use crate::cuse::CuseNodes;
+use crate::handles::Handles;
 use crate::inodes::Inodes;
 use crate::tree::{self, Obj};
-use crossbeam_utils::CachePadded;
 use devlife_core::gate::Wake;
 use devlife_core::{
     Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, IoctlOutcome, Llseek, PollMask, System,
@@ -16,8 +16,6 @@ use devlife_fuse::{
     DirBuf, Entry, Errno, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs,
     Req, TransportStats,
 };
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -72,32 +70,11 @@ enum Handle {
 /// One entry of a directory listing: name, path, object.
 type Listed = (String, String, Obj);
 
-/// Open handles by `fh`, in shards: every request on an open file looks its
-/// handle up, and with one lock the CPUs serving different files would
-/// pass its cache line back and forth on every request. Consecutive `fh`s
-/// land in different shards, each on a cache line of its own.
-struct Handles([CachePadded<Mutex<HandleMap>>; 16]);
-
-type HandleMap = HashMap<u64, Arc<Handle>>;
-
-impl Default for Handles {
-    fn default() -> Self {
-        Handles(std::array::from_fn(|_| CachePadded::default()))
-    }
-}
-
-impl Handles {
-    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HandleMap> {
-        self.0[(fh % 16) as usize].lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The served tree.
 pub struct ServeFs {
     sys: System,
     inodes: Arc<Inodes>,
-    handles: Handles,
-    next_fh: AtomicU64,
+    handles: Handles<Handle>,
     uid: u32,
     gid: u32,
     start: u64,
@@ -172,7 +149,6 @@ impl ServeFs {
             sys,
             inodes,
             handles: Handles::default(),
-            next_fh: AtomicU64::new(1),
             uid,
             gid,
             start,
@@ -261,13 +237,11 @@ impl ServeFs {
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        self.handles.shard(fh).get(&fh).cloned().ok_or(Errno::BADF)
+        self.handles.get(fh).ok_or(Errno::BADF)
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.shard(fh).insert(fh, Arc::new(h));
-        fh
+        self.handles.add(h)
     }
 }
 
@@ -341,10 +315,18 @@ pub(crate) fn file_ioctl(
     i32::try_from(r).map(IoctlReply::Done).map_err(|_| Errno::OVERFLOW)
 }
 
+/// One round of poll on an open file; with `kh`, the kernel's poll handle
+/// is woken (a poll notification) when readiness may change.
+pub(crate) fn file_poll(f: &File, req: &Req<'_>, kh: Option<u64>) -> u32 {
+    let waker: Option<Arc<dyn Wake>> =
+        kh.map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
+    f.poll_once(&caller(req, 0), waker.as_ref()).0
+}
+
 /// Wakes the kernel's pollers of one poll handle.
-pub(crate) struct KernelPoller {
-    pub(crate) notifier: Notifier,
-    pub(crate) kh: u64,
+struct KernelPoller {
+    notifier: Notifier,
+    kh: u64,
 }
 
 impl Wake for KernelPoller {
@@ -493,7 +475,7 @@ impl Filesystem for ServeFs {
     }
 
     fn release(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
-        let h = self.handles.shard(fh).remove(&fh);
+        let h = self.handles.remove(fh);
         if let Some(h) = h {
             if let Handle::File(f) = &*h {
                 // Releases now, even if an interrupted request on this file
@@ -549,7 +531,7 @@ impl Filesystem for ServeFs {
     }
 
     fn releasedir(&self, _req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
-        self.handles.shard(fh).remove(&fh);
+        self.handles.remove(fh);
         Ok(())
     }
 
@@ -595,11 +577,7 @@ impl Filesystem for ServeFs {
 
     fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
-            Handle::File(f) => {
-                let waker: Option<Arc<dyn Wake>> = kh
-                    .map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
-                Ok(f.poll_once(&caller(req, 0), waker.as_ref()).0)
-            }
+            Handle::File(f) => Ok(file_poll(f, req, kh)),
             _ => Ok(PollMask::DEFAULT.0),
         }
     }

@@ -65,6 +65,7 @@ mod control;
 mod cuse;
 mod error;
 mod fs;
+mod handles;
 mod inodes;
 #[cfg(feature = "log")]
 mod logging;
