@@ -1,5 +1,5 @@
 //! What happens to a request once it is decoded, whichever transport it
-//! came by: `FUSE_INTERRUPT` bookkeeping ([`Inflight`]), then the dispatch
+//! came by: `FUSE_INTERRUPT` bookkeeping ([`Inflight`](crate::inflight)), then the dispatch
 //! from [`Operation`] to a [`Filesystem`] method, in one table.
 //!
 //! Handling a request, in order: an interrupt cancels its target and is
@@ -11,100 +11,12 @@
 use crate::abi;
 use crate::decode::{DecodeError, Operation, Request};
 use crate::fs::{DirBuf, Filesystem, IoctlReply, Req};
+use crate::inflight::{Inflight, Interrupts, Running};
 use crate::notify::Notifier;
-use crossbeam_utils::CachePadded;
-use devlife_gate::CancelSource;
 use rustix::io::Errno;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::cell::Cell;
+use std::sync::Arc;
 use zerocopy::IntoBytes;
-
-/// How long an early interrupt is remembered: one whose request had in fact
-/// already finished is forgotten after this.
-const EARLY_INTERRUPT_TTL: Duration = Duration::from_secs(60);
-
-/// Lock shards of [`Inflight`]: requests served on different CPUs at once
-/// rarely share one, so registering them does not bounce one cache line.
-const SHARDS: usize = 16;
-
-/// Requests being handled, and interrupts that came before their request
-/// was registered.
-///
-/// The kernel sends one `FUSE_INTERRUPT` per interrupted request, and
-/// another thread may read it before the thread that took the request has
-/// registered it. Such an interrupt is remembered, and the request is
-/// cancelled as it registers (both under one lock), as libfuse does.
-pub(crate) struct Inflight {
-    /// Each on a cache line of its own: CPUs working on different shards
-    /// never write the same line.
-    shards: [CachePadded<Mutex<Shard>>; SHARDS],
-}
-
-#[derive(Default)]
-struct Shard {
-    running: HashMap<u64, Arc<CancelSource>>,
-    /// Interrupted uniques not (yet) running, with when the interrupt came.
-    early: HashMap<u64, Instant>,
-}
-
-impl Default for Inflight {
-    fn default() -> Self {
-        Inflight { shards: std::array::from_fn(|_| CachePadded::default()) }
-    }
-}
-
-impl Inflight {
-    fn shard(&self, unique: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // Uniques advance by 2 (the low bit marks interrupts).
-        let i = (unique >> 1) as usize % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers request `unique`; its source is already cancelled if its
-    /// interrupt came first. With `probe`, the source also asks whether
-    /// the caller was interrupted before the handler first sleeps; with
-    /// `on_sleep`, it calls that first.
-    fn begin(&self, unique: u64, probe: Option<u32>, on_sleep: Option<&OnSleep>) -> Arc<CancelSource> {
-        let src = Arc::new(match (probe, on_sleep.cloned()) {
-            (None, None) => CancelSource::new(),
-            (tid, hook) => CancelSource::with_probe(move || {
-                if let Some(h) = &hook {
-                    h();
-                }
-                tid.is_some_and(crate::ring::signal_pending)
-            }),
-        });
-        let mut sh = self.shard(unique);
-        if sh.early.remove(&unique).is_some() {
-            src.cancel();
-        }
-        sh.running.insert(unique, src.clone());
-        src
-    }
-
-    fn end(&self, unique: u64) {
-        self.shard(unique).running.remove(&unique);
-    }
-
-    /// `FUSE_INTERRUPT` for request `unique`.
-    fn interrupt(&self, unique: u64) {
-        let target = {
-            let mut sh = self.shard(unique);
-            let target = sh.running.get(&unique).cloned();
-            if target.is_none() {
-                let now = Instant::now();
-                sh.early.retain(|_, t| now.duration_since(*t) < EARLY_INTERRUPT_TTL);
-                sh.early.insert(unique, now);
-            }
-            target
-        };
-        // Fired outside the lock: cancelling wakes the handler's waits.
-        if let Some(src) = target {
-            src.cancel();
-        }
-    }
-}
 
 /// What a transport runs when a handler of one of its requests is about
 /// to sleep (in a cancellable wait: the gate's `wait_event`, a
@@ -112,14 +24,44 @@ impl Inflight {
 /// the handler's queue can take other requests meanwhile.
 pub(crate) type OnSleep = Arc<dyn Fn() + Send + Sync>;
 
-/// Where a request's handling needs to reach.
+/// Where a request's handling needs to reach: one per worker thread.
 pub(crate) struct Context<'a, F> {
     pub(crate) fs: &'a F,
     pub(crate) notifier: &'a Notifier,
     pub(crate) inflight: &'a Inflight,
     pub(crate) max_write: u32,
     /// See [`OnSleep`].
-    pub(crate) on_sleep: Option<OnSleep>,
+    on_sleep: Option<OnSleep>,
+    /// The interrupt source of this worker's requests, re-armed for each.
+    interrupts: Cell<Option<Interrupts>>,
+    /// This worker's slot in `inflight`.
+    running: Arc<Running>,
+}
+
+impl<F> Drop for Context<'_, F> {
+    fn drop(&mut self) {
+        self.inflight.leave(&self.running);
+    }
+}
+
+impl<'a, F> Context<'a, F> {
+    pub(crate) fn new(fs: &'a F, notifier: &'a Notifier, inflight: &'a Inflight, max_write: u32) -> Self {
+        let running = inflight.join();
+        Context { fs, notifier, inflight, max_write, on_sleep: None, interrupts: Cell::new(None), running }
+    }
+
+    /// Runs `hook` when a handler of this context's requests is about to
+    /// sleep (see [`OnSleep`]).
+    pub(crate) fn with_on_sleep(mut self, hook: OnSleep) -> Self {
+        self.on_sleep = Some(hook);
+        self
+    }
+
+    /// The interrupt source for this worker's next request (see
+    /// [`Interrupts::next`]).
+    fn interrupts(&self, probe: Option<u32>) -> Interrupts {
+        Interrupts::next(self.interrupts.take(), self.on_sleep.as_ref(), probe)
+    }
 }
 
 /// Which transport a request came by.
@@ -149,19 +91,21 @@ pub(crate) fn process<F: Filesystem>(
     }
     let no_reply = req.op.no_reply();
     let probe = (via == Via::Ring && req.header.pid != 0).then_some(req.header.pid);
-    let src = cx.inflight.begin(unique, probe, cx.on_sleep.as_ref());
+    let interrupts = cx.interrupts(probe);
+    let src = &interrupts.src;
+    cx.inflight.begin(&cx.running, unique, src);
     let r = Req {
         unique,
         nodeid: req.header.nodeid,
         uid: req.header.uid,
         gid: req.header.gid,
         pid: req.header.pid,
-        interrupt: &src,
+        interrupt: src,
         notifier: cx.notifier,
     };
     let (op, opcode) = (req.op.name(), req.header.opcode);
     let result = dispatch(cx.fs, &r, req.op, out, cx.max_write);
-    cx.inflight.end(unique);
+    cx.inflight.end(&cx.running);
     // libfuse's `-d`, one line a request.
     match &result {
         Ok(()) => {
@@ -169,6 +113,7 @@ pub(crate) fn process<F: Filesystem>(
         }
         Err(e) => tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, error = %e, "request"),
     }
+    cx.interrupts.set(Some(interrupts));
     (!no_reply).then_some(result)
 }
 

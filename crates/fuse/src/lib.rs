@@ -23,6 +23,7 @@ pub mod decode;
 mod dev;
 mod dispatch;
 mod fs;
+mod inflight;
 pub mod mount;
 mod notify;
 mod reply;

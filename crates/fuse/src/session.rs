@@ -15,8 +15,9 @@
 
 use crate::abi::{self, init, init2};
 use crate::decode::{Operation, decode};
-use crate::dispatch::{Context, Inflight};
+use crate::dispatch::Context;
 use crate::fs::Filesystem;
+use crate::inflight::Inflight;
 use crate::notify::Notifier;
 use crate::reply::{err, ok};
 use crate::{dev, ring};
@@ -211,13 +212,7 @@ impl<F: Filesystem> Shared<F> {
     }
 
     pub(crate) fn context(&self) -> Context<'_, F> {
-        Context {
-            fs: &self.fs,
-            notifier: &self.notifier,
-            inflight: &self.inflight,
-            max_write: self.negotiated.max_write,
-            on_sleep: None,
-        }
+        Context::new(&self.fs, &self.notifier, &self.inflight, self.negotiated.max_write)
     }
 
     /// Starts a transport thread, counted for [`Session::wait`]. Returns

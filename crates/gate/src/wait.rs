@@ -202,6 +202,20 @@ impl CancelSource {
         Self { probe: Some(Box::new(probe)), ..Self::default() }
     }
 
+    /// Makes the source new again, keeping its probe: not fired, not yet
+    /// probed, no waiter. The exclusive borrow is what makes this sound:
+    /// no wait can be registered on the source, nor can anyone fire it,
+    /// while it is re-armed. A transport re-arms one source per worker for
+    /// each request instead of allocating one (an `Arc` the table of
+    /// running requests no longer holds: `Arc::get_mut`).
+    pub fn rearm(&mut self) {
+        // Plain stores through `&mut` (loom's atomics have no `get_mut`):
+        // the borrow already orders them before any later use.
+        self.cancelled.store(false, Ordering::Relaxed);
+        self.probed.store(false, Ordering::Relaxed);
+        lock(&self.waiters).clear();
+    }
+
     /// Runs the probe, the first time only; fires the source if it says so.
     fn run_probe(&self) {
         if let Some(p) = &self.probe {

@@ -452,3 +452,30 @@ fn wait_deadline_times_out() {
     let d = std::time::Instant::now() + Duration::from_millis(1);
     assert_eq!(g.wait_event_deadline(&wq, None, Some(d), || false), Err(Cancelled::TimedOut));
 }
+
+#[test]
+fn a_rearmed_source_is_new_again_and_keeps_its_probe() {
+    let gate = Gate::new();
+    let wq = WaitQueue::new();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let mut intr = CancelSource::with_probe(move || {
+        a.fetch_add(1, Ordering::Relaxed);
+        true
+    });
+    let g = gate.try_enter().unwrap();
+    assert_eq!(g.wait_event(&wq, Some(&intr), || false), Err(Cancelled::Interrupted));
+    assert!(intr.is_cancelled());
+    intr.rearm();
+    assert!(!intr.is_cancelled());
+    // Probed again, once, by the next wait: the probe was kept.
+    assert_eq!(g.wait_event(&wq, Some(&intr), || false), Err(Cancelled::Interrupted));
+    assert_eq!(asked.load(Ordering::Relaxed), 2);
+    // A fired plain source, re-armed, lets a wait whose condition holds
+    // through, and fires again.
+    let mut plain = CancelSource::new();
+    assert!(plain.cancel());
+    plain.rearm();
+    assert_eq!(g.wait_event(&wq, Some(&plain), || true), Ok(()));
+    assert!(plain.cancel(), "re-armed: this cancel fires it");
+}

@@ -195,7 +195,7 @@ impl ServeFs {
         self.transport.clone()
     }
 
-    fn resolve_ino(&self, ino: u64) -> Result<(String, Obj), Errno> {
+    fn resolve_ino(&self, ino: u64) -> Result<(Arc<str>, Obj), Errno> {
         // Gone, or the path now names another object: this inode's object
         // is gone (see `TTL`).
         let (path, id) = self.inodes.get(ino).ok_or(Errno::NOENT)?;

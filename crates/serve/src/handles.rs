@@ -2,7 +2,7 @@
 //! device alike.
 
 use crossbeam_utils::CachePadded;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -6,14 +6,16 @@
 //! name, requests on the old inode fail `ENOENT` instead of reaching the new
 //! object (the stale-`i_cdev` problem of containers and devtmpfs).
 
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
 
 struct Inode {
-    path: String,
+    /// Shared with every request that resolves it: no copy per request.
+    path: Arc<str>,
     id: u64,
     lookups: u64,
 }
@@ -24,15 +26,17 @@ pub struct Inodes {
 }
 
 struct Table {
-    by_ino: HashMap<u64, Inode>,
+    /// Our own numbers: a fast hash will do.
+    by_ino: FxHashMap<u64, Inode>,
+    /// Names that callers chose: the standard library's keyed hash.
     by_path: HashMap<String, u64>,
     next: u64,
 }
 
 impl Default for Inodes {
     fn default() -> Self {
-        let mut by_ino = HashMap::new();
-        by_ino.insert(ROOT, Inode { path: String::new(), id: 0, lookups: 1 });
+        let mut by_ino = FxHashMap::default();
+        by_ino.insert(ROOT, Inode { path: "".into(), id: 0, lookups: 1 });
         let mut by_path = HashMap::new();
         by_path.insert(String::new(), ROOT);
         Inodes { inner: Mutex::new(Table { by_ino, by_path, next: ROOT + 1 }) }
@@ -45,7 +49,7 @@ impl Inodes {
     }
 
     /// The path and object identity of `ino`.
-    pub fn get(&self, ino: u64) -> Option<(String, u64)> {
+    pub fn get(&self, ino: u64) -> Option<(Arc<str>, u64)> {
         self.lock().by_ino.get(&ino).map(|i| (i.path.clone(), i.id))
     }
 
@@ -69,7 +73,7 @@ impl Inodes {
         }
         let ino = t.next;
         t.next += 1;
-        t.by_ino.insert(ino, Inode { path: path.to_owned(), id, lookups: 1 });
+        t.by_ino.insert(ino, Inode { path: path.into(), id, lookups: 1 });
         t.by_path.insert(path.to_owned(), ino);
         ino
     }
@@ -101,8 +105,8 @@ impl Inodes {
         };
         if gone {
             if let Some(i) = t.by_ino.remove(&ino) {
-                if t.by_path.get(&i.path) == Some(&ino) {
-                    t.by_path.remove(&i.path);
+                if t.by_path.get(&*i.path) == Some(&ino) {
+                    t.by_path.remove(&*i.path);
                 }
             }
         }

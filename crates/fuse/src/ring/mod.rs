@@ -117,6 +117,7 @@
 //! a probe ([`signal_pending`]) that the handler's first sleep runs. Only
 //! requests that sleep pay for it, once.
 
+mod clock;
 mod keeper;
 
 use crate::abi::uring::{self, CmdReq, ReqHeader};
@@ -132,7 +133,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Workers each queue starts with: one, so that requests arriving while it
@@ -194,13 +195,15 @@ struct Queue {
     /// Workers marked waiting in `waiting` (from the decision to stay to
     /// the end of their wait).
     marked: AtomicUsize,
-    t0: Instant,
+    /// The transport's coarse clock (one for every queue).
+    clock: Arc<clock::Clock>,
     keeper: keeper::Keeper,
 }
 
 impl Queue {
+    /// The coarse time: one load, no `clock_gettime` (see [`clock`]).
     fn now_ms(&self) -> u64 {
-        self.t0.elapsed().as_millis() as u64 + 1
+        self.clock.now()
     }
 
     /// Whether a worker that has just handled a request stays, rather than
@@ -237,7 +240,7 @@ impl Queue {
     }
 }
 
-/// What one worker is doing, in ms since its queue's `t0`, plus one.
+/// What one worker is doing, in the ms of the transport's [`clock`].
 #[derive(Default)]
 struct Slot {
     /// When it began its current wait; 0 while it is not waiting.
@@ -304,6 +307,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
         .max(usize::from(n.max_pages) * rustix::param::page_size());
     let (kick_tx, kick_rx) = channel();
     let rings = Arc::new(Rings { payload, kicks: kick_tx });
+    let clock = Arc::new(clock::Clock::new());
     let queues: Vec<Arc<Queue>> = (0..cpus)
         .map(|q| {
             let cpu = allowed.as_ref().is_none_or(|a| a.is_set(q)).then_some(q);
@@ -314,7 +318,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
                 workers: AtomicUsize::new(0),
                 waiting: Mutex::default(),
                 marked: AtomicUsize::new(0),
-                t0: Instant::now(),
+                clock: clock.clone(),
                 keeper: keeper::Keeper::new()?,
             }))
         })
@@ -323,7 +327,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
         let q = queues.clone();
         s.spawn("fuse-kicker", move |s| kicker(s, &q, kick_rx));
         let (q, r) = (queues.clone(), rings.clone());
-        s.spawn("fuse-ring-monitor", move |s| monitor(s, &r, &q));
+        s.spawn("fuse-ring-monitor", move |s| monitor(s, &r, &q, &clock));
     }
     for q in &queues {
         keeper::start(s, &rings, q);
@@ -621,31 +625,38 @@ fn worker_context<'a, F: Filesystem>(
     rings: &Arc<Rings>,
     q: &Arc<Queue>,
 ) -> Context<'a, F> {
-    let mut cx = s.context();
     let (weak, rings, q) = (Arc::downgrade(s), rings.clone(), q.clone());
-    cx.on_sleep = Some(Arc::new(move || {
+    s.context().with_on_sleep(Arc::new(move || {
         if let Some(s) = weak.upgrade() {
             grow_if_full(&s, &rings, &q);
         }
-    }));
-    cx
+    }))
 }
 
 /// Grows a queue whose handler has run for [`LONG_HANDLER`] with no spare
-/// entry beside it, once per such request; until the session ends.
-fn monitor<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, queues: &[Arc<Queue>]) {
+/// entry beside it, once per such request; until the session ends. Each
+/// look advances the transport's [`clock`].
+fn monitor<F: Filesystem>(
+    s: &Arc<Shared<F>>,
+    rings: &Arc<Rings>,
+    queues: &[Arc<Queue>],
+    clock: &clock::Clock,
+) {
     let mut last = u64::MAX;
+    let mut looks = clock::Looks::new();
     while !s.is_ended() {
         let requests = s.stats.ring_requests.load(Ordering::Relaxed);
         let busy = requests != last || queues.iter().any(|q| q.spare.load(Ordering::Relaxed) == 0);
         last = requests;
         std::thread::sleep(if busy { MONITOR_BUSY } else { MONITOR_IDLE });
+        let now = looks.look(clock);
         for q in queues {
             if q.spare.load(Ordering::Acquire) != 0 {
                 continue;
             }
-            let now = q.now_ms();
             let long = LONG_HANDLER.as_millis() as u64;
+            // A stamp is the coarse time its handler began at or after:
+            // it had begun by the look after that one.
             let stuck = q
                 .waiting
                 .lock()
@@ -653,7 +664,7 @@ fn monitor<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, queues: &[Arc<
                 .iter()
                 .find(|w| {
                     let t = w.running.load(Ordering::Relaxed);
-                    t != 0 && now.saturating_sub(t) >= long
+                    t != 0 && looks.begun_by(t).is_some_and(|b| now.saturating_sub(b) >= long)
                 })
                 .cloned();
             if let Some(w) = stuck {
