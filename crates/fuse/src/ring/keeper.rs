@@ -17,7 +17,7 @@
 //! keeper reads an entry only after the completion saying a request is in
 //! it, and then gives it away whole.
 
-use super::{Entry, Queue, Ring, Rings, commit_sqe, pin, took};
+use super::{Entry, Queue, Ring, Rings, commit_sqe, serve_on, took};
 use crate::fs::Filesystem;
 use crate::session::Shared;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -118,7 +118,7 @@ fn push(ring: &mut Ring, sqe: &squeue::Entry128) -> std::io::Result<()> {
 }
 
 fn run<F: Filesystem>(s: &Arc<Shared<F>>, rings: &Arc<Rings>, q: &Arc<Queue>, mut ring: Ring) {
-    pin(q);
+    serve_on(q);
     let fd = types::Fd(s.master.as_raw_fd());
     // The eventfd read's buffer, which the kernel may write until the ring's
     // teardown (asynchronous to closing it) has cancelled the read: leaked,
