@@ -38,7 +38,10 @@
 //! worker is otherwise scheduled as any other thread. Measured on the
 //! 2-vCPU machine of `docs/BENCHMARKS.md`, one client thread of ioctls:
 //! client migrations from 32,551 to 8,190 in 1.5 s, and the rate from
-//! 110,000 to 128,000 ops/s.
+//! 109,734 to 127,671 ops/s (both under `perf stat`). The caller can still
+//! be moved when the answer wakes it (`docs/BENCHMARKS.md`, "What
+//! open-close still loses"); `SCHED_IDLE` would stop that too, but lets
+//! any busy thread on the CPU starve the worker.
 //!
 //! # Growing
 //!
