@@ -122,7 +122,10 @@ pub(crate) fn spawn_bound(
     let binding = host.binding_id();
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || crate::node::run_in_binding(binding, body))
+        .spawn(move || {
+            unpin();
+            crate::node::run_in_binding(binding, body)
+        })
         .map_err(|_| Error::NoSpace("threads"))?;
     host.devres().add_or_reset(format!("{action}:{name}"), move || {
         stop();
@@ -130,4 +133,18 @@ pub(crate) fn spawn_bound(
             tracing::error!("bound thread panicked");
         }
     })
+}
+
+/// Lets the calling thread run on every CPU the process may run on (the
+/// main thread's set), as Linux starts a kthread on every housekeeping CPU.
+/// A thread inherits its creator's CPU set, and a probe may run on a
+/// transport's worker pinned to one CPU (the FUSE ring workers are): every
+/// thread a binding started from there would share that one CPU.
+fn unpin() {
+    let main = rustix::thread::Pid::from_raw(std::process::id() as i32);
+    if let Ok(set) = rustix::thread::sched_getaffinity(main) {
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            tracing::debug!("a bound thread keeps its creator's CPUs: {e}");
+        }
+    }
 }

@@ -214,3 +214,37 @@ fn flush_is_called_exactly_when_the_driver_has_one() {
     assert_eq!(other.llseek().size(), 4096);
     assert!(other.llseek().seekable());
 }
+
+#[test]
+fn a_bound_thread_runs_on_every_cpu_of_the_process() {
+    use rustix::thread::{CpuSet, Pid, sched_getaffinity, sched_setaffinity};
+    let main = sched_getaffinity(Pid::from_raw(std::process::id() as i32)).unwrap();
+    let Some(first) = (0..CpuSet::MAX_CPU).find(|&c| main.is_set(c)) else { return };
+    if main.count() < 2 {
+        // Nothing to tell apart on one CPU.
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let (_sys, bus) = system_with(move |dev| {
+        let tx = tx.lock().unwrap().clone();
+        devm_kthread_run(dev, "where", move |stop| {
+            let _ = tx.send(sched_getaffinity(None).map(|s| s.count()));
+            while stop.sleep(Duration::from_millis(1)) {}
+        })
+        .map_err(Errno::from)
+    });
+    // The probe runs on this thread, pinned to one CPU, as a transport's
+    // pinned worker would run it.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut one = CpuSet::new();
+            one.set(first);
+            sched_setaffinity(None, &one).unwrap();
+            bus.add_device("d0", "helper").unwrap();
+        });
+    });
+    let cpus = rx.recv_timeout(GUARD).unwrap().unwrap();
+    assert_eq!(cpus, main.count(), "the thread runs where the process may, not where its creator was pinned");
+    bus.unbind("d0", None).unwrap();
+}

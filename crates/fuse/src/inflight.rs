@@ -85,7 +85,9 @@ impl Inflight {
     /// interrupt came first.
     pub(crate) fn begin(&self, slot: &Running, unique: u64, src: &Arc<CancelSource>) {
         *lock(&slot.0) = Some((unique, src.clone()));
-        // After the slot's unlock (type invariants).
+        // Read after the slot's lock was taken: an interrupt whose search
+        // locked the slot before us has counted itself by now (type
+        // invariants).
         if self.early_count.load(Ordering::Acquire) != 0 {
             let mut early = lock(&self.early);
             if early.remove(&unique).is_some() {

@@ -2,13 +2,15 @@
 //! device alike.
 
 use crossbeam_utils::CachePadded;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
 
-type Shard<T> = Mutex<HashMap<u64, Arc<T>>>;
+/// Keyed by the numbers we hand out (`next`), not by anything a caller
+/// chooses: a fast hash will do.
+type Shard<T> = Mutex<FxHashMap<u64, Arc<T>>>;
 
 /// Open handles by `fh`, in shards: every request on an open file looks its
 /// handle up, and with one lock the CPUs serving different files would
@@ -26,7 +28,7 @@ impl<T> Default for Handles<T> {
 }
 
 impl<T> Handles<T> {
-    fn shard(&self, fh: u64) -> MutexGuard<'_, HashMap<u64, Arc<T>>> {
+    fn shard(&self, fh: u64) -> MutexGuard<'_, FxHashMap<u64, Arc<T>>> {
         self.shards[(fh % SHARDS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
     }
 
