@@ -11,7 +11,7 @@
 //! on old descriptors fail `ENOTCONN`, its choice). `docs/ARCHITECTURE.md`
 //! has the table.
 
-use crate::fs::{caller, file_ioctl, file_poll, kerr};
+use crate::fs::{caller, file_ioctl, file_poll, file_read, kerr};
 use crate::handles::Handles;
 use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};
 use devlife_fuse::{
@@ -75,11 +75,8 @@ impl Filesystem for CuseNode {
 
     fn read(&self, req: &Req<'_>, _ino: u64, arg: &ReadArgs, out: &mut Vec<u8>) -> Result<(), Errno> {
         let f = self.file(arg.fh)?;
-        out.resize(arg.size as usize, 0);
         let caller = caller(req, arg.flags);
-        let n = Self::at_pos(&f, |off| f.file.read(out, off, &caller).map_err(kerr))?;
-        out.truncate(n);
-        Ok(())
+        Self::at_pos(&f, |off| file_read(&f.file, off, arg.size, &caller, out)).map(drop)
     }
 
     fn write(

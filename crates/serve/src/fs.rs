@@ -288,6 +288,22 @@ pub(crate) fn caller<'a>(req: &Req<'a>, flags: u32) -> Caller<'a> {
     }
 }
 
+/// A read of up to `size` bytes at `offset` from an open file into `out`,
+/// left as long as what was read; returns that length. Over either kind of
+/// transport.
+pub(crate) fn file_read(
+    f: &File,
+    offset: u64,
+    size: u32,
+    caller: &Caller<'_>,
+    out: &mut Vec<u8>,
+) -> Result<usize, Errno> {
+    out.resize(size as usize, 0);
+    let n = f.read(out, offset, caller).map_err(kerr)?;
+    out.truncate(n);
+    Ok(n)
+}
+
 /// An ioctl on an open file, over either kind of transport: restricted
 /// (FUSE: the kernel copied the encoded argument) or unrestricted (CUSE:
 /// the core asks for the caller's memory, round by round).
@@ -426,9 +442,7 @@ impl Filesystem for ServeFs {
         }
         match &*self.handle(arg.fh)? {
             Handle::File(f) => {
-                out.resize(arg.size as usize, 0);
-                let n = f.read(out, arg.offset, &caller(req, arg.flags)).map_err(kerr)?;
-                out.truncate(n);
+                file_read(f, arg.offset, arg.size, &caller(req, arg.flags), out)?;
             }
             Handle::Text(t) => {
                 let start = usize::try_from(arg.offset).unwrap_or(usize::MAX).min(t.len());
