@@ -102,9 +102,17 @@ pub struct Counters {
     pub ring_workers: usize,
     /// Times a ring queue grew and kicked itself.
     pub ring_kicks: u64,
-    /// `io_uring_enter` calls of the ring threads (workers and keepers):
+    /// `io_uring_enter` calls of the ring threads:
     /// `ring_requests / ring_enters` is how many requests one call served.
     pub ring_enters: u64,
+    /// Times a ring queue's leader handed it on because its handler was
+    /// about to sleep.
+    pub ring_handoffs: u64,
+    /// Times the monitor took a ring queue over from a leader whose
+    /// handler ran long.
+    pub ring_steals: u64,
+    /// Ring threads started after the first of each queue.
+    pub ring_threads_started: u64,
 }
 
 impl Counters {
@@ -119,13 +127,17 @@ impl Counters {
         };
         format!(
             "transport {name}\nring_queues {queues}\nring_requests {}\ndev_requests {}\nring_workers {}\n\
-             dev_workers {}\nring_kicks {}\nring_enters {}\n",
+             dev_workers {}\nring_kicks {}\nring_enters {}\nring_handoffs {}\nring_steals {}\n\
+             ring_threads_started {}\n",
             self.ring_requests,
             self.dev_requests,
             self.ring_workers,
             self.dev_workers,
             self.ring_kicks,
-            self.ring_enters
+            self.ring_enters,
+            self.ring_handoffs,
+            self.ring_steals,
+            self.ring_threads_started
         )
     }
 }
@@ -136,24 +148,46 @@ impl Counters {
 pub struct TransportStats {
     pub(crate) transport: std::sync::OnceLock<Transport>,
     pub(crate) dev_requests: AtomicU64,
-    pub(crate) ring_requests: AtomicU64,
+    /// Each ring queue's counts (written by one CPU's threads each).
+    pub(crate) ring_queues: Mutex<Vec<Arc<RingCounters>>>,
     pub(crate) dev_workers: AtomicUsize,
     pub(crate) ring_workers: AtomicUsize,
     pub(crate) ring_kicks: AtomicU64,
-    pub(crate) ring_enters: AtomicU64,
+    pub(crate) ring_handoffs: AtomicU64,
+    pub(crate) ring_steals: AtomicU64,
+    pub(crate) ring_threads_started: AtomicU64,
+}
+
+/// One ring queue's counts, on a cache line of their own: the queue's
+/// threads write them (one at a time, under the queue's lock), and no
+/// other CPU's.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct RingCounters {
+    /// Requests taken from the queue's entries.
+    pub(crate) requests: AtomicU64,
+    /// `io_uring_enter` calls on the queue's ring.
+    pub(crate) enters: AtomicU64,
 }
 
 impl TransportStats {
     /// The counts now.
     pub fn snapshot(&self) -> Counters {
+        let (ring_requests, ring_enters) =
+            self.ring_queues.lock().unwrap_or_else(|e| e.into_inner()).iter().fold((0, 0), |(r, e), q| {
+                (r + q.requests.load(Ordering::Relaxed), e + q.enters.load(Ordering::Relaxed))
+            });
         Counters {
             transport: self.transport.get().copied(),
             dev_requests: self.dev_requests.load(Ordering::Relaxed),
-            ring_requests: self.ring_requests.load(Ordering::Relaxed),
+            ring_requests,
             dev_workers: self.dev_workers.load(Ordering::Relaxed),
             ring_workers: self.ring_workers.load(Ordering::Relaxed),
             ring_kicks: self.ring_kicks.load(Ordering::Relaxed),
-            ring_enters: self.ring_enters.load(Ordering::Relaxed),
+            ring_enters,
+            ring_handoffs: self.ring_handoffs.load(Ordering::Relaxed),
+            ring_steals: self.ring_steals.load(Ordering::Relaxed),
+            ring_threads_started: self.ring_threads_started.load(Ordering::Relaxed),
         }
     }
 }
