@@ -229,6 +229,49 @@ fn one_cpu_more_blocked_readers_than_workers_then_a_writer() {
 }
 
 #[test]
+fn a_busy_handler_does_not_hold_up_its_cpu() {
+    // A handler busy without a cancellable wait (XYZ_IOC_HOLD: "hardware
+    // busy", a plain sleep) on CPU 0: over io_uring the thread leading CPU
+    // 0's queue runs it, and the monitor hands the queue to another thread;
+    // requests from that CPU are answered while the handler still runs.
+    let Some(s) = Server::start(&[]) else { return };
+    if !rustix::thread::sched_getaffinity(None).unwrap().is_set(0) {
+        eprintln!("skipped: CPU 0 is not available to this process");
+        return;
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holder = {
+        let (fd, done) = (s.open("dev/xyz0"), done.clone());
+        std::thread::spawn(move || {
+            pin(0);
+            let r = hold(&fd, xyz_hold_max());
+            done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    until(|| s.stat_line("inflight_ops") >= 1);
+    let fd = s.open("dev/xyz1");
+    let counter = std::thread::spawn(move || {
+        pin(0);
+        (0..100).map(|_| count(&fd)).collect::<Result<Vec<_>, _>>()
+    });
+    assert_eq!(counter.join().unwrap().map(|v| v.len()), Ok(100));
+    assert!(!done.load(Ordering::SeqCst), "answered while the busy handler still ran");
+    if std::env::var("DEVLIFE_TEST_TRANSPORT").as_deref() == Ok("io-uring") {
+        let st = fuse_stats(&s);
+        assert!(st["ring_steals"].parse::<u64>().unwrap() > 0, "the monitor took the queue over: {st:?}");
+    }
+    // The hold cannot be cancelled: the server goes, and the holder with it.
+    s.signal(rustix::process::Signal::KILL);
+    assert!(holder.join().unwrap().is_err());
+}
+
+/// The longest `XYZ_IOC_HOLD`: longer than the test runs.
+fn xyz_hold_max() -> u32 {
+    devlife_drivers::xyz::HOLD_MAX_MS
+}
+
+#[test]
 fn poll_readiness_and_wakeups() {
     use rustix::event::PollFlags;
     let Some(s) = Server::start(&[]) else { return };

@@ -3,14 +3,16 @@
 //! a warm-up, and its descriptors and threads to where they were, but for
 //! the transport's workers.
 //!
-//! The transport grows by a worker at a time (a `/dev/fuse` worker when a
-//! request finds none idle; a ring worker, with its ring, when a handler
-//! sleeps with no spare entry), each a thread and a descriptor, up to a
-//! bounded working size reached at random moments. The server counts its
-//! workers (`debug/devlife/fuse`: `ring_workers`, `dev_workers`), so
-//! descriptors and threads are compared with those subtracted: growth that
-//! is the workers' is not a leak, and one descriptor or thread more than
-//! they account for is. Run it on a quiet machine.
+//! The transport grows by a worker at a time, up to a bounded working size
+//! reached at random moments: a `/dev/fuse` worker (a thread and its
+//! cloned descriptor) when a request finds none idle, a ring queue's thread
+//! (a thread: the queue's ring is one for all of them) when a handler
+//! sleeps and no idle thread can take the queue over. The server counts
+//! them (`debug/devlife/fuse`: `dev_workers`, `ring_workers`), so
+//! descriptors are compared with the `/dev/fuse` workers subtracted and
+//! threads with both: growth that is the workers' is not a leak, and one
+//! descriptor or thread more than they account for is. Run it on a quiet
+//! machine.
 
 use super::{start_server, write};
 use rustix::fs::{Mode, OFlags};
@@ -51,46 +53,60 @@ fn fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
-/// The transport's workers, from the server's own counters.
-fn workers(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("debug/devlife/fuse"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| match l.split_once(' ') {
-            Some(("ring_workers" | "dev_workers", n)) => n.trim().parse::<u64>().ok(),
-            _ => None,
-        })
-        .sum()
+/// The transport's `/dev/fuse` workers and ring threads, from the server's
+/// own counters.
+fn workers(dir: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(dir.join("debug/devlife/fuse")).unwrap_or_default();
+    let count = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (count("dev_workers"), count("ring_workers"))
 }
 
 /// What is measured of the server: RSS (KiB), descriptors, threads, and
-/// the transport's workers among the threads.
+/// the transport's workers among them.
 #[derive(Clone, Copy)]
 struct Sample {
     rss: u64,
     fds: u64,
     threads: u64,
-    workers: u64,
+    /// `/dev/fuse` workers: a thread and a descriptor each.
+    dev_workers: u64,
+    /// Ring queue threads: a thread each.
+    ring_workers: u64,
 }
 
 impl Sample {
     fn take(pid: u32, dir: &Path) -> Sample {
-        Sample { rss: rss_kb(pid), fds: fds(pid), threads: threads(pid), workers: workers(dir) }
+        let (dev_workers, ring_workers) = workers(dir);
+        Sample { rss: rss_kb(pid), fds: fds(pid), threads: threads(pid), dev_workers, ring_workers }
+    }
+
+    /// Descriptors and threads beyond the workers'.
+    fn extra(&self) -> (u64, u64) {
+        (
+            self.fds.saturating_sub(self.dev_workers),
+            self.threads.saturating_sub(self.dev_workers + self.ring_workers),
+        )
     }
 
     /// Whether `later` holds nothing more than this sample but what the
     /// workers added.
     fn holds(&self, later: &Sample) -> bool {
-        let extra = |n: u64, w: u64| n.saturating_sub(w);
-        (later.rss as f64) <= (self.rss as f64) * 1.05
-            && extra(later.fds, later.workers) <= extra(self.fds, self.workers)
-            && extra(later.threads, later.workers) <= extra(self.threads, self.workers)
+        let ((fds, threads), (later_fds, later_threads)) = (self.extra(), later.extra());
+        (later.rss as f64) <= (self.rss as f64) * 1.05 && later_fds <= fds && later_threads <= threads
     }
 }
 
 impl std::fmt::Display for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rss_kb={} fds={} threads={} workers={}", self.rss, self.fds, self.threads, self.workers)
+        write!(
+            f,
+            "rss_kb={} fds={} threads={} dev_workers={} ring_workers={}",
+            self.rss, self.fds, self.threads, self.dev_workers, self.ring_workers
+        )
     }
 }
 
