@@ -105,7 +105,7 @@ impl CdevRegistration {
             let mut reg = lock(&self.sys.inner.devnodes);
             let mut class = None;
             if reg.by_name.get(&self.name).is_some_and(|n| Arc::ptr_eq(&n.node.0, &node)) {
-                class = reg.by_name.remove(&self.name).and_then(|n| n.class);
+                class = reg.by_name.remove(&self.name).and_then(|n| n.class).map(|c| c.to_string());
             }
             if reg.by_devt.get(&self.devt).is_some_and(|n| Arc::ptr_eq(&n.0, &node)) {
                 reg.by_devt.remove(&self.devt);
@@ -130,7 +130,7 @@ impl std::fmt::Debug for CdevRegistration {
 }
 
 fn class_of(sys: &System, name: &str) -> Option<String> {
-    lock(&sys.inner.devnodes).by_name.get(name).and_then(|n| n.class.clone())
+    lock(&sys.inner.devnodes).by_name.get(name).and_then(|n| n.class.as_deref().map(str::to_owned))
 }
 
 pub(crate) fn add<F: FileOperations>(
@@ -164,9 +164,9 @@ pub(crate) fn add<F: FileOperations>(
         reg.by_name.insert(
             dev.name.clone(),
             DevNode {
-                name: dev.name.clone(),
+                name: dev.name.as_str().into(),
                 devt: dev.devt,
-                class: dev.class,
+                class: dev.class.map(Into::into),
                 mode: dev.mode,
                 uid,
                 gid,

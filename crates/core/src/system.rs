@@ -45,15 +45,16 @@ pub(crate) struct SystemInner {
 }
 
 /// A device node as `devtmpfs` shows it (`/dev/<name>`), with its class
-/// entry (`/sys/class/<class>/<name>/dev`).
+/// entry (`/sys/class/<class>/<name>/dev`). Cloning it allocates nothing
+/// (the served tree looks one up for every open).
 #[derive(Clone, Debug)]
 pub struct DevNode {
     /// The node's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its device number.
     pub devt: DevT,
     /// Its class, if any.
-    pub class: Option<String>,
+    pub class: Option<Arc<str>>,
     /// Permission bits (`0o600` by default).
     pub mode: u32,
     /// Owner.
@@ -249,7 +250,8 @@ impl System {
     /// The class names in use.
     pub fn classes(&self) -> Vec<String> {
         let reg = lock(&self.inner.devnodes);
-        let set: BTreeSet<String> = reg.by_name.values().filter_map(|n| n.class.clone()).collect();
+        let set: BTreeSet<String> =
+            reg.by_name.values().filter_map(|n| n.class.as_deref().map(str::to_owned)).collect();
         set.into_iter().collect()
     }
 

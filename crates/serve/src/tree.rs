@@ -137,11 +137,11 @@ pub fn resolve(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Option<Obj>
         }
         ["sys", "class", class] => (!sys.class_nodes(class).is_empty()).then(dir),
         ["sys", "class", class, node] => {
-            let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
+            let n = sys.class_nodes(class).into_iter().find(|n| &*n.name == *node)?;
             Some(Obj::Dir { id: n.node.id(), mode: 0o755 })
         }
         ["sys", "class", class, node, file @ ("dev" | "uevent")] => {
-            let n = sys.class_nodes(class).into_iter().find(|n| n.name == *node)?;
+            let n = sys.class_nodes(class).into_iter().find(|n| &*n.name == *node)?;
             let devt = numbers(&n);
             let text =
                 if *file == "dev" { format!("{devt}\n") } else { DevNode { devt, ..n.clone() }.uevent() };
@@ -157,7 +157,7 @@ pub fn children(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Vec<(Strin
     let named = |names: &[&str]| names.iter().map(|n| ((*n).to_owned(), dir())).collect::<Vec<_>>();
     match path {
         [] => named(&["debug", "dev", "sys"]),
-        ["dev"] => sys.dev_nodes().into_iter().map(|n| (n.name.clone(), Obj::DevNode(n))).collect(),
+        ["dev"] => sys.dev_nodes().into_iter().map(|n| (n.name.to_string(), Obj::DevNode(n))).collect(),
         ["sys"] => named(&["bus", "class"]),
         ["sys", "bus"] => sys.buses().iter().map(|b| (b.name().to_owned(), dir())).collect(),
         ["sys", "bus", bus] => {
@@ -204,7 +204,7 @@ pub fn children(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Vec<(Strin
         ["sys", "class", class] => sys
             .class_nodes(class)
             .into_iter()
-            .map(|n| (n.name.clone(), Obj::Dir { id: n.node.id(), mode: 0o755 }))
+            .map(|n| (n.name.to_string(), Obj::Dir { id: n.node.id(), mode: 0o755 }))
             .collect(),
         ["sys", "class", class, node] => ["dev", "uevent"]
             .into_iter()
