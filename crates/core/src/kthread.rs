@@ -138,7 +138,7 @@ pub(crate) fn spawn_bound(
 /// Lets the calling thread run on every CPU the process may run on (the
 /// main thread's set), as Linux starts a kthread on every housekeeping CPU.
 /// A thread inherits its creator's CPU set, and a probe may run on a
-/// transport's worker pinned to one CPU (the FUSE ring workers are): every
+/// transport's thread pinned to one CPU (the FUSE ring threads are): every
 /// thread a binding started from there would share that one CPU.
 fn unpin() {
     let main = rustix::thread::Pid::from_raw(std::process::id() as i32);

@@ -7,8 +7,9 @@
 //!   connection. Always running: INIT, `FUSE_INTERRUPT` and `FORGET` only
 //!   ever come this way, and so does everything when the kernel does not
 //!   offer FUSE over io_uring.
-//! * FUSE over io_uring ([`ring`](crate::ring)): one queue per CPU, served
-//!   by workers pinned to it. Negotiated in INIT when the kernel offers it
+//! * FUSE over io_uring ([`ring`](crate::ring)): one queue per CPU, led by
+//!   one thread at a time pinned to it, which hands the queue to another
+//!   when a handler sleeps. Negotiated in INIT when the kernel offers it
 //!   (`/sys/module/fuse/parameters/enable_uring`) and [`Config::io_uring`]
 //!   allows; the kernel moves every other request to the rings once each
 //!   CPU's queue has an entry.
@@ -98,7 +99,8 @@ pub struct Counters {
     pub ring_requests: u64,
     /// `/dev/fuse` worker threads now.
     pub dev_workers: usize,
-    /// Ring worker threads now (over all queues).
+    /// Ring queue threads now, over all queues: each queue's leader, its
+    /// idle threads, and threads finishing a request begun as leader.
     pub ring_workers: usize,
     /// Times a ring queue grew and kicked itself.
     pub ring_kicks: u64,
@@ -109,7 +111,7 @@ pub struct Counters {
     /// about to sleep.
     pub ring_handoffs: u64,
     /// Times the monitor took a ring queue over from a leader whose
-    /// handler ran long.
+    /// handler ran on while requests waited, or ran long.
     pub ring_steals: u64,
     /// Ring threads started after the first of each queue.
     pub ring_threads_started: u64,

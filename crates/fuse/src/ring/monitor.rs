@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How often the monitor looks while requests flow or a leader is in a
-/// handler, and while neither. A handler the monitor finds running at two
-/// looks in a row while requests wait for its thread is taken over: it
-/// has run at least one `BUSY`.
-const BUSY: Duration = Duration::from_micros(250);
+/// How often the monitor looks: after a look that found a leader in a
+/// handler (a handler it finds at two looks in a row while requests wait
+/// for its thread is taken over: it has run at least `RUNNING`); while
+/// requests flow; and while they do not. A leader that begins a long
+/// handler is taken over within about `BUSY + RUNNING` if requests wait
+/// for it, `LONG_HANDLER` otherwise.
+const RUNNING: Duration = Duration::from_micros(250);
+const BUSY: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(20);
 
 /// How long a leader's handler may run when no request is seen waiting
@@ -26,13 +29,19 @@ const LONG_HANDLER: Duration = Duration::from_millis(2);
 /// Runs until the session ends.
 pub(super) fn run<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>]) {
     let mut last = u64::MAX;
-    let mut busy = false;
+    let (mut busy, mut running) = (false, false);
     // For each queue, the leader's request seen running, and since when.
     let mut seen: Vec<Option<(u64, Instant)>> = vec![None; queues.len()];
     while !s.is_ended() {
-        std::thread::sleep(if busy { BUSY } else { IDLE });
+        std::thread::sleep(if running {
+            RUNNING
+        } else if busy {
+            BUSY
+        } else {
+            IDLE
+        });
         let requests: u64 = queues.iter().map(|q| q.counters.requests.load(Ordering::Relaxed)).sum();
-        busy = requests != last;
+        (busy, running) = (requests != last, false);
         last = requests;
         for (q, seen) in queues.iter().zip(seen.iter_mut()) {
             let look = q.look();
@@ -40,7 +49,7 @@ pub(super) fn run<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>]) {
                 *seen = None;
                 continue;
             };
-            busy = true;
+            running = true;
             match *seen {
                 Some((s0, since)) if s0 == seq => {
                     if look.waiting || since.elapsed() >= LONG_HANDLER {
