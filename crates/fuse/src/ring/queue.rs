@@ -22,7 +22,7 @@
 //!   handed to one of those entries would never be answered.
 
 use super::entry::Entry;
-use super::token::{Reaped, Token};
+use super::token::Token;
 use super::wake;
 use crate::session::RingCounters;
 use std::os::fd::RawFd;
@@ -160,11 +160,20 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes the token's bindings and counts into the queue's (under the
-    /// lock, which orders the counters' writers: plain stores).
+    /// Takes what the token's last operations brought into the queue's
+    /// state: requests taken (held now), entries lost, the connection's
+    /// end, bindings, and the counters (under the lock, which orders the
+    /// counters' writers: plain stores).
     fn settle(&self, st: &mut State) {
-        let State { token, bound, .. } = st;
+        let State { token, bound, held, entries, stopped, .. } = st;
         let Some(t) = token.as_mut() else { return };
+        let r = t.take_reaped();
+        *held += r.requests;
+        *entries -= r.lost.min(*entries);
+        if r.ended && !*stopped {
+            *stopped = true;
+            self.followers.notify_all();
+        }
         for (thread, bind) in t.log.drain(..) {
             match bound.iter_mut().position(|(id, _)| *id == thread) {
                 Some(i) if bind => bound[i].1 += 1,
@@ -194,9 +203,6 @@ impl Queue {
     pub(super) fn install(&self, token: Box<Token>, entries: usize, me: u64) {
         let mut st = self.lock();
         st.ring_fd = Some(token.ring_fd());
-        // Requests may already have come (the kernel switches to the rings
-        // once every queue has an entry).
-        st.held = token.batch.len();
         st.token = Some(token);
         st.entries = entries;
         st.leader = Some(me);
@@ -236,6 +242,7 @@ impl Queue {
     /// to wait on the ring with, the replies left to it pushed and the
     /// entries the queue grows by registered.
     fn next_step(&self, st: &mut State, me: u64) -> Step {
+        self.settle(st);
         if st.stopped {
             return Step::Stopped(st.token.take());
         }
@@ -269,19 +276,12 @@ impl Queue {
         }
     }
 
-    /// The leader `me` is back from the ring with `r`: the token is parked,
-    /// and the leader goes on with the next step.
-    pub(super) fn enter_end(&self, t: Box<Token>, r: &Reaped, me: u64) -> Step {
+    /// The leader `me` is back from the ring: the token is parked, and the
+    /// leader goes on with the next step.
+    pub(super) fn enter_end(&self, t: Box<Token>, me: u64) -> Step {
         let mut st = self.lock();
         st.in_enter = false;
-        st.held += r.requests;
-        st.entries -= r.lost.min(st.entries);
         st.token = Some(t);
-        self.settle(&mut st);
-        if r.ended {
-            st.stopped = true;
-            self.followers.notify_all();
-        }
         self.next_step(&mut st, me)
     }
 
@@ -449,7 +449,7 @@ mod tests {
     fn installed(n: usize, batch: &[usize]) -> Queue {
         let q = queue();
         let mut t = Token::for_test(n);
-        t.batch.extend(batch);
+        t.took_for_test(batch);
         q.install(t, n, 1);
         q
     }

@@ -5,7 +5,7 @@
 
 use super::entry::Entry;
 use super::queue::{Finish, Need, Queue, Step};
-use super::token::{Reaped, Ring, Token, next_thread_id};
+use super::token::{Ring, Token, next_thread_id};
 use crate::dispatch::Context;
 use crate::fs::Filesystem;
 use crate::session::Shared;
@@ -97,9 +97,8 @@ fn setup<F: Filesystem>(s: &Arc<Shared<F>>, q: &Queue, me: u64) -> std::io::Resu
     // A registration the kernel refuses completes at once, with the
     // error; an accepted one completes only with a request (which may
     // come at once: it stays in the batch).
-    let r = t.reap();
-    if r.failed() {
-        let e = r.error.unwrap_or(rustix::io::Errno::NOTCONN);
+    t.reap();
+    if let Some(e) = t.failure() {
         return Err(std::io::Error::other(format!("registering a ring entry: {e}")));
     }
     Ok(t)
@@ -173,15 +172,17 @@ fn lead<F: Filesystem>(
                         Err(e) => tracing::error!("ring queue {}: registering entries: {e}", q.qid),
                     }
                 }
-                let reaped = match t.enter(t.want(), me) {
+                match t.enter(t.want(), me) {
                     Ok(()) => t.reap(),
                     Err(e) => {
                         tracing::error!("ring queue {}: io_uring_enter: {e}", q.qid);
-                        Reaped::ended()
+                        t.mark_ended();
                     }
-                };
-                let reaped = if s.is_ended() { Reaped::ended() } else { reaped };
-                q.enter_end(t, &reaped, me)
+                }
+                if s.is_ended() {
+                    t.mark_ended();
+                }
+                q.enter_end(t, me)
             }
             Step::Handed(entry, commit_id) => return Led::Handed(entry, commit_id),
             Step::Stopped(token) => {

@@ -45,30 +45,20 @@ pub(super) struct Token {
     unsubmitted: Vec<usize>,
     /// Entries to register before the next wait.
     pub(super) grow: usize,
+    /// What the completions taken since the queue last looked brought.
+    reaped: Reaped,
 }
 
-/// What a wait on the ring brought.
+/// What the completions taken from the ring brought.
 #[derive(Default)]
 pub(super) struct Reaped {
     pub(super) requests: usize,
     /// Entries whose command failed: they take no more requests.
     pub(super) lost: usize,
     /// The first such failure.
-    pub(super) error: Option<Errno>,
+    error: Option<Errno>,
     /// The connection is over.
     pub(super) ended: bool,
-}
-
-impl Reaped {
-    /// The connection is over (or the ring failed).
-    pub(super) fn ended() -> Self {
-        Reaped { ended: true, ..Default::default() }
-    }
-
-    /// Whether any entry was lost or the connection ended.
-    pub(super) fn failed(&self) -> bool {
-        self.lost > 0 || self.ended
-    }
 }
 
 impl Token {
@@ -84,6 +74,7 @@ impl Token {
             batch: VecDeque::new(),
             unsubmitted: Vec::new(),
             grow: 0,
+            reaped: Reaped::default(),
         }
     }
 
@@ -98,6 +89,13 @@ impl Token {
             t.bound.push(0);
         }
         t
+    }
+
+    /// As if requests had come in entries `idx` (for the tests).
+    #[cfg(test)]
+    pub(super) fn took_for_test(&mut self, idx: &[usize]) {
+        self.batch.extend(idx);
+        self.reaped.requests += idx.len();
     }
 
     pub(super) fn ring_fd(&self) -> RawFd {
@@ -166,16 +164,17 @@ impl Token {
     /// commands submitted are bound to `me` (their requests will be
     /// written by its task work).
     pub(super) fn enter(&mut self, want: usize, me: u64) -> std::io::Result<()> {
-        self.enters += 1;
         let n = loop {
+            self.enters += 1;
             match self.ring.submit_and_wait(want) {
                 Ok(n) => break n,
                 // Interrupted before it submitted anything (it returns the
                 // count of what it submitted otherwise).
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break 0,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
-                    std::thread::yield_now();
-                }
+                // Completions overflowed the completion queue and must be
+                // taken before anything more is submitted.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
                 Err(e) => return Err(e),
             }
         };
@@ -190,10 +189,29 @@ impl Token {
         Ok(())
     }
 
-    /// Takes every completion: requests go to the batch.
-    pub(super) fn reap(&mut self) -> Reaped {
-        let mut r = Reaped::default();
-        let Token { ring, qid, table, bound, log, batch, .. } = self;
+    /// The connection is over (or the ring failed): the queue stops when
+    /// it next looks.
+    pub(super) fn mark_ended(&mut self) {
+        self.reaped.ended = true;
+    }
+
+    /// The first failure the completions taken so far brought, if any
+    /// entry was lost or the connection ended.
+    pub(super) fn failure(&self) -> Option<Errno> {
+        let r = &self.reaped;
+        (r.lost > 0 || r.ended).then(|| r.error.unwrap_or(Errno::NOTCONN))
+    }
+
+    /// What the completions taken since the last call brought.
+    pub(super) fn take_reaped(&mut self) -> Reaped {
+        std::mem::take(&mut self.reaped)
+    }
+
+    /// Takes every completion: requests go to the batch, and what they
+    /// brought to [`take_reaped`](Self::take_reaped).
+    pub(super) fn reap(&mut self) {
+        let Token { ring, qid, table, bound, log, batch, reaped: r, .. } = self;
+        let before = r.requests;
         for cqe in ring.completion() {
             let data = cqe.user_data();
             if data == wake::WAKE {
@@ -230,7 +248,6 @@ impl Token {
                 }
             }
         }
-        self.requests += r.requests as u64;
-        r
+        self.requests += (self.reaped.requests - before) as u64;
     }
 }
