@@ -36,7 +36,10 @@
 //! *bound* to the thread that last submitted its command until the command
 //! completes. A thread exits only with no entry bound to it ([`queue`]'s
 //! invariants): the kernel would cancel the command, and a request just
-//! handed to that entry would never be answered.
+//! handed to that entry would never be answered. The kernel's ordinary
+//! task work costs more per request than `DEFER_TASKRUN`'s (about 10% of
+//! the floor's rate with one client thread, `docs/BENCHMARKS.md`): the
+//! price of a ring that more than one thread may lead.
 //!
 //! # Leading, handing off, following
 //!
