@@ -36,7 +36,14 @@ pub(crate) struct Context<'a, F> {
     interrupts: Cell<Option<Interrupts>>,
     /// This worker's slot in `inflight`.
     running: Arc<Running>,
+    /// Scratch for a handler's ioctl output, kept between requests so an
+    /// ioctl allocates nothing (see [`SCRATCH_KEEP`]).
+    scratch: Cell<Vec<u8>>,
 }
+
+/// The largest scratch buffer a worker keeps between requests; a larger
+/// one (a rare big ioctl output) is freed after its request.
+const SCRATCH_KEEP: usize = 4096;
 
 impl<F> Drop for Context<'_, F> {
     fn drop(&mut self) {
@@ -47,7 +54,16 @@ impl<F> Drop for Context<'_, F> {
 impl<'a, F> Context<'a, F> {
     pub(crate) fn new(fs: &'a F, notifier: &'a Notifier, inflight: &'a Inflight, max_write: u32) -> Self {
         let running = inflight.join();
-        Context { fs, notifier, inflight, max_write, on_sleep: None, interrupts: Cell::new(None), running }
+        Context {
+            fs,
+            notifier,
+            inflight,
+            max_write,
+            on_sleep: None,
+            interrupts: Cell::new(None),
+            running,
+            scratch: Cell::new(Vec::new()),
+        }
     }
 
     /// Runs `hook` when a handler of this context's requests is about to
@@ -104,8 +120,12 @@ pub(crate) fn process<F: Filesystem>(
         notifier: cx.notifier,
     };
     let (op, opcode) = (req.op.name(), req.header.opcode);
-    let result = dispatch(cx.fs, &r, req.op, out, cx.max_write);
+    let mut scratch = cx.scratch.take();
+    let result = dispatch(cx.fs, &r, req.op, out, &mut scratch, cx.max_write);
     cx.inflight.end(&cx.running);
+    if scratch.capacity() <= SCRATCH_KEEP {
+        cx.scratch.set(scratch);
+    }
     // libfuse's `-d`, one line a request.
     match &result {
         Ok(()) => {
@@ -127,12 +147,14 @@ pub(crate) fn decode_errno(e: &DecodeError) -> Errno {
     }
 }
 
-/// Runs one operation; the reply's payload goes to `out`.
+/// Runs one operation; the reply's payload goes to `out`. `scratch` is
+/// room for output that goes after a header (an ioctl's).
 fn dispatch<F: Filesystem>(
     fs: &F,
     r: &Req<'_>,
     op: Operation<'_>,
     out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
     max_write: u32,
 ) -> Result<(), Errno> {
     out.clear();
@@ -208,15 +230,16 @@ fn dispatch<F: Filesystem>(
                 input: data,
                 out_size: arg.out_size,
             };
-            let mut data_out = Vec::new();
-            match fs.ioctl(r, ino, &args, &mut data_out)? {
+            let data_out = scratch;
+            data_out.clear();
+            match fs.ioctl(r, ino, &args, data_out)? {
                 IoctlReply::Done(result) => {
                     if data_out.len() > arg.out_size as usize {
                         return Err(Errno::IO);
                     }
                     let o = abi::IoctlOut { result, flags: 0, in_iovs: 0, out_iovs: 0 };
                     out.extend_from_slice(o.as_bytes());
-                    out.extend_from_slice(&data_out);
+                    out.extend_from_slice(data_out);
                 }
                 IoctlReply::Retry { input, output } => {
                     // The kernel would fail the call with EIO for either.
