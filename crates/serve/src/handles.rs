@@ -3,49 +3,105 @@
 
 use crossbeam_utils::CachePadded;
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
 
-/// Keyed by the numbers we hand out (`next`), not by anything a caller
-/// chooses: a fast hash will do.
-type Shard<T> = Mutex<FxHashMap<u64, Arc<T>>>;
+/// One shard: its handles, keyed by the numbers it hands out (`next`), not
+/// by anything a caller chooses, so a fast hash will do.
+#[derive(Default)]
+struct Shard<T> {
+    map: FxHashMap<u64, Arc<T>>,
+    /// Handles this shard has handed out.
+    next: u64,
+}
 
-/// Open handles by `fh`, in shards: every request on an open file looks its
-/// handle up, and with one lock the CPUs serving different files would
-/// pass its cache line back and forth on every request. Consecutive `fh`s
-/// land in different shards, each on a cache line of its own.
+/// Open handles by `fh`, in shards, one for each CPU (modulo `SHARDS`):
+/// every request on an open file looks its handle up, and a caller's open,
+/// its requests and its release mostly come to the same CPU's queue, so
+/// with the handle made in the shard of the CPU that opens it, they take a
+/// lock and touch a table that stay in that CPU's cache, where one lock,
+/// one counter or round-robin shards would pass their cache lines between
+/// the CPUs on every open. A handle's number names its shard: its low bits
+/// are the shard's index, the rest the shard's own count.
+///
+/// # Invariants
+///
+/// * `fh % SHARDS` is the index of the shard that holds `fh`.
+/// * No `fh` is handed out twice by one table (each shard's `next` only
+///   grows), and none is 0.
 pub(crate) struct Handles<T> {
-    shards: [CachePadded<Shard<T>>; SHARDS],
-    next: AtomicU64,
+    shards: [CachePadded<Mutex<Shard<T>>>; SHARDS],
 }
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
-        Handles { shards: std::array::from_fn(|_| CachePadded::default()), next: AtomicU64::new(1) }
+        Handles {
+            shards: std::array::from_fn(|_| {
+                CachePadded::new(Mutex::new(Shard { map: FxHashMap::default(), next: 0 }))
+            }),
+        }
     }
 }
 
 impl<T> Handles<T> {
-    fn shard(&self, fh: u64) -> MutexGuard<'_, FxHashMap<u64, Arc<T>>> {
-        self.shards[(fh % SHARDS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, idx: usize) -> MutexGuard<'_, Shard<T>> {
+        self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `h` under a new `fh`, never used before in this table.
+    fn shard_of(fh: u64) -> usize {
+        (fh % SHARDS as u64) as usize
+    }
+
+    /// Adds `h` under a new `fh`, never used before in this table, in the
+    /// shard of the CPU the caller runs on.
     pub(crate) fn add(&self, h: T) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        self.shard(fh).insert(fh, Arc::new(h));
+        let idx = rustix::thread::sched_getcpu() % SHARDS;
+        let mut s = self.lock(idx);
+        s.next += 1;
+        let fh = s.next * SHARDS as u64 + idx as u64;
+        s.map.insert(fh, Arc::new(h));
         fh
     }
 
     /// The handle `fh`, if open.
     pub(crate) fn get(&self, fh: u64) -> Option<Arc<T>> {
-        self.shard(fh).get(&fh).cloned()
+        self.lock(Self::shard_of(fh)).map.get(&fh).cloned()
     }
 
     /// Takes handle `fh` out.
     pub(crate) fn remove(&self, fh: u64) -> Option<Arc<T>> {
-        self.shard(fh).remove(&fh)
+        self.lock(Self::shard_of(fh)).map.remove(&fh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn handles_are_unique_nonzero_and_found_from_any_thread() {
+        let t = Arc::new(Handles::<u32>::default());
+        let fhs: Vec<Vec<u64>> = (0..4)
+            .map(|k| {
+                let t = t.clone();
+                std::thread::spawn(move || (0..1000).map(|i| t.add(k * 1000 + i)).collect())
+            })
+            .map(|j| j.join().unwrap())
+            .collect();
+        let all: HashSet<u64> = fhs.iter().flatten().copied().collect();
+        assert_eq!(all.len(), 4000, "no number handed out twice");
+        assert!(!all.contains(&0));
+        for (k, v) in fhs.iter().enumerate() {
+            for (i, fh) in v.iter().enumerate() {
+                assert_eq!(t.get(*fh).as_deref(), Some(&((k * 1000 + i) as u32)));
+            }
+        }
+        let fh = fhs[0][0];
+        assert_eq!(t.remove(fh).as_deref(), Some(&0));
+        assert!(t.get(fh).is_none() && t.remove(fh).is_none(), "a removed handle is gone");
+        let again = t.add(7);
+        assert!(!all.contains(&again), "a number is never reused");
     }
 }
