@@ -22,6 +22,7 @@ use crate::inflight::Inflight;
 use crate::notify::Notifier;
 use crate::reply::{err, ok};
 use crate::{dev, ring};
+use crossbeam_utils::CachePadded;
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use std::path::PathBuf;
@@ -150,8 +151,9 @@ impl Counters {
 pub struct TransportStats {
     pub(crate) transport: std::sync::OnceLock<Transport>,
     pub(crate) dev_requests: AtomicU64,
-    /// Each ring queue's counts (written by one CPU's threads each).
-    pub(crate) ring_queues: Mutex<Vec<Arc<RingCounters>>>,
+    /// Each ring queue's counts (written by one CPU's threads each), on a
+    /// cache line of their own.
+    pub(crate) ring_queues: Mutex<Vec<Arc<CachePadded<RingCounters>>>>,
     pub(crate) dev_workers: AtomicUsize,
     pub(crate) ring_workers: AtomicUsize,
     pub(crate) ring_kicks: AtomicU64,
@@ -160,11 +162,9 @@ pub struct TransportStats {
     pub(crate) ring_threads_started: AtomicU64,
 }
 
-/// One ring queue's counts, on a cache line of their own: the queue's
-/// threads write them (one at a time, under the queue's lock), and no
-/// other CPU's.
+/// One ring queue's counts: the queue's threads write them (one at a time,
+/// under the queue's lock), and no other CPU's.
 #[derive(Debug, Default)]
-#[repr(align(128))]
 pub(crate) struct RingCounters {
     /// Requests taken from the queue's entries.
     pub(crate) requests: AtomicU64,

@@ -147,6 +147,7 @@ mod wake;
 use crate::abi::uring;
 use crate::fs::Filesystem;
 use crate::session::{RingCounters, Shared};
+use crossbeam_utils::CachePadded;
 use queue::Queue;
 use std::sync::Arc;
 use std::sync::mpsc::channel;
@@ -174,7 +175,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
     let queues: Vec<Arc<Queue>> = (0..cpus)
         .map(|q| {
             let cpu = allowed.as_ref().is_none_or(|a| a.is_set(q)).then_some(q);
-            let counters = Arc::new(RingCounters::default());
+            let counters = Arc::new(CachePadded::new(RingCounters::default()));
             s.stats.ring_queues.lock().unwrap_or_else(|e| e.into_inner()).push(counters.clone());
             Arc::new(Queue::new(q as u16, cpu, payload, s.config.max_workers, kick_tx.clone(), counters))
         })

@@ -25,6 +25,7 @@ use super::entry::Entry;
 use super::token::Token;
 use super::wake;
 use crate::session::RingCounters;
+use crossbeam_utils::CachePadded;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -130,7 +131,7 @@ pub(super) struct Queue {
     /// Where a queue that grew asks for a kick.
     pub(super) kicks: Sender<u16>,
     /// Requests and `io_uring_enter` calls, for the transport's counts.
-    pub(super) counters: Arc<RingCounters>,
+    pub(super) counters: Arc<CachePadded<RingCounters>>,
     state: Mutex<State>,
     followers: Condvar,
 }
@@ -142,7 +143,7 @@ impl Queue {
         payload: usize,
         max_threads: usize,
         kicks: Sender<u16>,
-        counters: Arc<RingCounters>,
+        counters: Arc<CachePadded<RingCounters>>,
     ) -> Self {
         Queue {
             qid,
