@@ -16,6 +16,7 @@ use devlife_fuse::{
     DirBuf, Entry, Errno, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs,
     Req, TransportStats,
 };
+use smallvec::SmallVec;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -88,39 +89,14 @@ pub(crate) fn kerr(e: KErrno) -> Errno {
     Errno::from_raw_os_error(e.raw())
 }
 
-/// A path's components. Kept on the stack for up to [`Parts::INLINE`]
-/// of them (every path but deep debugfs ones): an open resolves its
-/// inode's path, and a heap allocation per open shows in its profile.
-enum Parts<'a> {
-    Inline([&'a str; Parts::INLINE], usize),
-    Heap(Vec<&'a str>),
-}
-
-impl Parts<'_> {
-    const INLINE: usize = 12;
-}
-
-impl<'a> std::ops::Deref for Parts<'a> {
-    type Target = [&'a str];
-    fn deref(&self) -> &[&'a str] {
-        match self {
-            Parts::Inline(a, n) => &a[..*n],
-            Parts::Heap(v) => v,
-        }
-    }
-}
+/// A path's components, on the stack for up to [`INLINE_PARTS`] of them
+/// (every path but deep debugfs ones): an open resolves its inode's path,
+/// and a heap allocation per open shows in its profile.
+type Parts<'a> = SmallVec<[&'a str; INLINE_PARTS]>;
+const INLINE_PARTS: usize = 12;
 
 fn split(path: &str) -> Parts<'_> {
-    let mut a = [""; Parts::INLINE];
-    let mut n = 0;
-    for (i, c) in path.split('/').filter(|c| !c.is_empty()).enumerate() {
-        if i == Parts::INLINE {
-            return Parts::Heap(path.split('/').filter(|c| !c.is_empty()).collect());
-        }
-        a[i] = c;
-        n = i + 1;
-    }
-    Parts::Inline(a, n)
+    path.split('/').filter(|c| !c.is_empty()).collect()
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -641,9 +617,10 @@ mod tests {
         assert!(split("").is_empty());
         assert_eq!(&*split("dev/xyz0"), ["dev", "xyz0"]);
         assert_eq!(&*split("/sys//bus/"), ["sys", "bus"]);
-        let deep: Vec<String> = (0..Parts::INLINE + 3).map(|i| format!("d{i}")).collect();
+        let deep: Vec<String> = (0..INLINE_PARTS + 3).map(|i| format!("d{i}")).collect();
         assert_eq!(&*split(&deep.join("/")), deep.iter().map(String::as_str).collect::<Vec<_>>());
-        let exact: Vec<String> = (0..Parts::INLINE).map(|i| format!("d{i}")).collect();
-        assert!(matches!(split(&exact.join("/")), Parts::Inline(_, n) if n == Parts::INLINE));
+        let exact = (0..INLINE_PARTS).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+        let parts = split(&exact);
+        assert!(parts.len() == INLINE_PARTS && !parts.spilled());
     }
 }
