@@ -9,7 +9,6 @@ const SHARDS: usize = 16;
 
 /// One shard: its handles, keyed by the numbers it hands out (`next`), not
 /// by anything a caller chooses, so a fast hash will do.
-#[derive(Default)]
 struct Shard<T> {
     map: FxHashMap<u64, Arc<T>>,
     /// Handles this shard has handed out.
