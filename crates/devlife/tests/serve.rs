@@ -244,7 +244,8 @@ fn a_busy_handler_does_not_hold_up_its_cpu() {
         let (fd, done) = (s.open("dev/xyz0"), done.clone());
         std::thread::spawn(move || {
             pin(0);
-            let r = hold(&fd, xyz_hold_max());
+            // The longest hold the driver takes: longer than the test runs.
+            let r = hold(&fd, devlife_drivers::xyz::HOLD_MAX_MS);
             done.store(true, Ordering::SeqCst);
             r
         })
@@ -264,11 +265,6 @@ fn a_busy_handler_does_not_hold_up_its_cpu() {
     // The hold cannot be cancelled: the server goes, and the holder with it.
     s.signal(rustix::process::Signal::KILL);
     assert!(holder.join().unwrap().is_err());
-}
-
-/// The longest `XYZ_IOC_HOLD`: longer than the test runs.
-fn xyz_hold_max() -> u32 {
-    devlife_drivers::xyz::HOLD_MAX_MS
 }
 
 #[test]
