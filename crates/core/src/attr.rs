@@ -4,9 +4,9 @@
 use crate::device::{Bound, Device, WeakDevice};
 use crate::errno::NodeKind;
 use crate::node::{Node, NodeDyn, NodeRef};
-use crate::system::lock;
 use crate::text::TextFile;
 use crate::{Error, Result};
+use devlife_gate::sync::lock;
 use std::sync::Arc;
 
 /// An attribute to create: a name, a mode and its text operations.
@@ -120,7 +120,7 @@ impl Drop for AttrRegistration {
 fn create(
     dev: &Device,
     attr: DeviceAttribute,
-    binding: Option<Arc<crate::device::Epoch>>,
+    binding: Option<Arc<crate::epoch::Epoch>>,
 ) -> Result<AttrRegistration> {
     crate::name::validate_attr(&attr.name)?;
     let sys = dev.system().ok_or(Error::Detached)?;

@@ -13,8 +13,9 @@
 use crate::device::{Bound, Device, DeviceInner};
 use crate::devres::Devres;
 use crate::driver::{Driver, DriverEntry};
-use crate::system::{System, SystemInner, lock};
+use crate::system::{System, SystemInner};
 use crate::{Errno, Error, Result};
+use devlife_gate::sync::lock;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, Weak};
@@ -261,10 +262,10 @@ impl Bus {
             // (waiting for the lifecycle lock would wait for itself; see
             // "Removal from inside").
             let st = lock(&dev.inner.state);
-            if st.binding.as_ref().is_some_and(|b| crate::node::in_handler_of(b.epoch.id)) {
+            if st.binding.as_ref().is_some_and(|b| crate::epoch::in_handler_of(b.epoch.id)) {
                 return Err(Error::AlreadyBound(dev.name().to_owned()));
             }
-            if st.unbinding.is_some_and(crate::node::in_handler_of) {
+            if st.unbinding.is_some_and(crate::epoch::in_handler_of) {
                 return Err(Error::WouldDeadlock);
             }
         }
@@ -289,7 +290,7 @@ impl Bus {
             });
         }
         let started = std::time::Instant::now();
-        let epoch = crate::device::Epoch::new(sys.next_binding_id());
+        let epoch = crate::epoch::Epoch::new(sys.next_binding_id());
         let devres = Arc::new(Devres::new());
         let bound = Bound { dev, sys: &sys, epoch: &epoch, devres: &devres, driver: entry };
         let probed = catch_unwind(AssertUnwindSafe(|| entry.drv.probe(&bound))).unwrap_or_else(|_| {
@@ -350,7 +351,7 @@ impl Bus {
                 Some(b) => {
                     check_binding(dev, b, only, which)?;
                     let id = b.epoch.id;
-                    if !crate::node::in_handler_of(id) {
+                    if !crate::epoch::in_handler_of(id) {
                         None
                     } else if st.deferred == Some(id) {
                         return Ok(Unbound::Deferred);
@@ -359,7 +360,7 @@ impl Bus {
                         Some(id)
                     }
                 }
-                None if st.unbinding.is_some_and(crate::node::in_handler_of) => {
+                None if st.unbinding.is_some_and(crate::epoch::in_handler_of) => {
                     return Ok(Unbound::Deferred);
                 }
                 None => None,

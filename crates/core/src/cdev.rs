@@ -7,8 +7,9 @@ use crate::device::Bound;
 use crate::errno::NodeKind;
 use crate::fops::FileOperations;
 use crate::node::{Node, NodeDyn, NodeRef, Removed};
-use crate::system::{DevNode, System, lock};
+use crate::system::{DevNode, System};
 use crate::{Error, Result};
+use devlife_gate::sync::lock;
 use std::sync::Arc;
 
 /// A character device: file operations to register for a device number
@@ -137,7 +138,7 @@ pub(crate) fn add<F: FileOperations>(
     sys: &System,
     cdev: Cdev<F>,
     dev: DeviceNode,
-    binding: Option<Arc<crate::device::Epoch>>,
+    binding: Option<Arc<crate::epoch::Epoch>>,
 ) -> Result<CdevRegistration> {
     crate::name::validate(&dev.name)?;
     if let Some(c) = &dev.class {

@@ -1,6 +1,7 @@
 //! Character device numbers: `dev_t`, and regions of minors under a major.
 
 use crate::{Error, Result};
+use devlife_gate::sync::lock;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -61,7 +62,7 @@ pub(crate) struct Chrdevs {
 
 impl Chrdevs {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Vec<Region>>> {
-        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.regions)
     }
 
     fn register(&self, first: DevT, count: u32, name: &str) -> Result<()> {

@@ -4,8 +4,10 @@
 use crate::attr::AttrEntry;
 use crate::devres::Devres;
 use crate::driver::{AnyData, DriverEntry};
+use crate::epoch::Epoch;
 use crate::node::NodeRef;
-use crate::system::{System, SystemInner, lock};
+use crate::system::{System, SystemInner};
+use devlife_gate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -40,25 +42,6 @@ pub(crate) struct DeviceState {
     /// inside one of its handlers).
     pub(crate) deferred: Option<u64>,
     pub(crate) deleted: bool,
-}
-
-/// The life of one binding, shared with every object it registered, which
-/// checks on every handler entry that the binding's removal has not
-/// returned (the torture run's "no handler after removal" invariant).
-#[derive(Debug)]
-pub(crate) struct Epoch {
-    pub(crate) id: u64,
-    /// Set (Release) once the binding's removal has completed.
-    pub(crate) ended: std::sync::atomic::AtomicBool,
-}
-
-impl Epoch {
-    pub(crate) fn new(id: u64) -> Arc<Self> {
-        Arc::new(Epoch { id, ended: std::sync::atomic::AtomicBool::new(false) })
-    }
-    pub(crate) fn end(&self) {
-        self.ended.store(true, std::sync::atomic::Ordering::Release);
-    }
 }
 
 /// One driver binding: from a successful probe to the end of its unbind.

@@ -1,6 +1,7 @@
 //! Managed resources: actions released in reverse order when a binding ends.
 
 use crate::{Error, Result};
+use devlife_gate::sync::lock;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
@@ -90,7 +91,7 @@ impl Devres {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 }
 

@@ -124,7 +124,7 @@ pub(crate) fn spawn_bound(
         .name(name.to_owned())
         .spawn(move || {
             unpin();
-            crate::node::run_in_binding(binding, body)
+            crate::epoch::run_in_binding(binding, body)
         })
         .map_err(|_| Error::NoSpace("threads"))?;
     host.devres().add_or_reset(format!("{action}:{name}"), move || {

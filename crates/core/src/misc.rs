@@ -6,8 +6,9 @@ use crate::chrdev::{DevT, MISC_MAJOR};
 use crate::device::Bound;
 use crate::fops::FileOperations;
 use crate::node::{NodeRef, Removed};
-use crate::system::{System, lock};
+use crate::system::System;
 use crate::{Error, Result};
+use devlife_gate::sync::lock;
 
 /// Dynamic misc minors, handed out from the top down as Linux does.
 const DYNAMIC_MINORS: std::ops::RangeInclusive<u32> = 64..=255;
@@ -70,7 +71,7 @@ fn register<F: FileOperations>(
     sys: &System,
     opts: MiscDeviceOptions,
     ops: F,
-    binding: Option<std::sync::Arc<crate::device::Epoch>>,
+    binding: Option<std::sync::Arc<crate::epoch::Epoch>>,
 ) -> Result<MiscRegistration> {
     crate::name::validate(&opts.name)?;
     let minor = {

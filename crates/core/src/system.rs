@@ -8,13 +8,10 @@ use crate::fops::{Caller, KResult};
 use crate::node::{File, NodeDyn, NodeRef};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{Errno, Error, Result};
+use devlife_gate::sync::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use std::sync::{Arc, Mutex, Weak};
 
 /// One driver core. Cheap to clone (a shared handle); independent
 /// instances share nothing, so tests can run side by side.

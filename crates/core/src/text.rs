@@ -3,6 +3,7 @@
 
 use crate::errno::Errno;
 use crate::fops::{FileOperations, KResult, Llseek, OpCtx, simple_read_from_buffer};
+use devlife_gate::sync::lock;
 use std::sync::Mutex;
 
 /// Renders the file's text.
@@ -51,7 +52,7 @@ impl FileOperations for TextFile {
     }
 
     fn read(&self, file: &Self::File, _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
-        let mut snap = file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut snap = lock(file);
         if offset == 0 || snap.is_none() {
             *snap = Some((self.show)()?);
         }

@@ -4,7 +4,7 @@
 
 use crate::Result;
 use crate::device::Bound;
-use crate::system::lock;
+use devlife_gate::sync::{lock, wait, wait_timeout};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,16 +87,11 @@ impl DelayedWork {
                 return;
             }
             match st.due {
-                None => st = self.inner.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                None => st = wait(&self.inner.changed, st),
                 Some(due) => {
                     let now = Instant::now();
                     if now < due {
-                        st = self
-                            .inner
-                            .changed
-                            .wait_timeout(st, due - now)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
+                        st = wait_timeout(&self.inner.changed, st, due - now);
                         continue;
                     }
                     st.due = None;

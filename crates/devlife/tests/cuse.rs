@@ -11,6 +11,7 @@ mod common;
 
 use common::{Server, until};
 use devlife_drivers::xyz::{XYZ_IOC_FIFO_LEN, XYZ_IOC_REVERSE};
+use devlife_gate::sync::lock;
 use rustix::event::PollFlags;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
@@ -25,7 +26,7 @@ use std::time::Duration;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn serve() -> (std::sync::MutexGuard<'static, ()>, Server) {
-    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let turn = lock(&ONE_AT_A_TIME);
     assert!(Path::new("/dev/cuse").exists(), "no /dev/cuse: run these in scripts/vm-test");
     let s = Server::start(&["--cuse"]).expect("FUSE is needed for sys/ and debug/");
     (turn, s)

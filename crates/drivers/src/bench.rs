@@ -15,6 +15,7 @@
 //! with the binding.
 
 use crate::xyz::XYZ_IOC_COUNT;
+use devlife_core::gate::sync::lock;
 
 /// The driver's ioctls, for clients (`devlife ioctls bench`): xyz's count.
 pub const IOCTLS: &[devlife_core::IoctlDef] = &[devlife_core::IoctlDef {
@@ -99,14 +100,14 @@ impl Driver for BenchDriver {
     fn probe(&self, dev: &Bound<'_>) -> KResult<Arc<BenchContext>> {
         let ctx = Arc::new(BenchContext::default());
         let minor = {
-            let mut used = self.minors.lock().unwrap_or_else(|e| e.into_inner());
+            let mut used = lock(&self.minors);
             let m = (0..self.region.count()).find(|m| !used.contains(m)).ok_or(Errno::ENOSPC)?;
             used.insert(m);
             m
         };
         let minors = self.minors.clone();
         dev.devres().add_or_reset("bench minor", move || {
-            minors.lock().unwrap_or_else(|e| e.into_inner()).remove(&minor);
+            lock(&minors).remove(&minor);
         })?;
         let devt = self.region.devt(minor).ok_or(Errno::ENOSPC)?;
         let node = DeviceNode::new(dev.name(), devt).class("bench");

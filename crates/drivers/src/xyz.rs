@@ -44,6 +44,7 @@
 
 use devlife_core::debugfs::{Dentry, devm_create_dir};
 use devlife_core::fops::{FileOperations, Ioctl, KResult, OpCtx, PollMask, PollTable};
+use devlife_core::gate::sync::lock;
 use devlife_core::gate::{CancellableMutex, WaitQueue};
 use devlife_core::ioctl::Dir;
 use devlife_core::{
@@ -52,7 +53,7 @@ use devlife_core::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// `_IOR('X', 1, u64)`: increment and return the operation count.
@@ -164,10 +165,6 @@ impl Faults {
         dir.create_bool("fail_alloc", 0o600, self.fail_alloc.clone())?;
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The per-binding context made in `probe` (the seed's

@@ -10,6 +10,7 @@
 use crate::dispatch::OnSleep;
 use crossbeam_utils::CachePadded;
 use devlife_gate::CancelSource;
+use devlife_gate::sync::lock;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,10 +63,6 @@ pub(crate) struct Running(CachePadded<Mutex<Option<Handling>>>);
 
 /// A request's unique and its interrupt source.
 type Handling = (u64, Arc<CancelSource>);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Inflight {
     /// A slot for a new worker (given back by [`leave`](Self::leave)).

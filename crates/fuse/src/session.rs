@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::reply::{err, ok};
 use crate::{dev, ring};
 use crossbeam_utils::CachePadded;
+use devlife_gate::sync::{lock, wait};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use std::path::PathBuf;
@@ -175,10 +176,9 @@ pub(crate) struct RingCounters {
 impl TransportStats {
     /// The counts now.
     pub fn snapshot(&self) -> Counters {
-        let (ring_requests, ring_enters) =
-            self.ring_queues.lock().unwrap_or_else(|e| e.into_inner()).iter().fold((0, 0), |(r, e), q| {
-                (r + q.requests.load(Ordering::Relaxed), e + q.enters.load(Ordering::Relaxed))
-            });
+        let (ring_requests, ring_enters) = lock(&self.ring_queues).iter().fold((0, 0), |(r, e), q| {
+            (r + q.requests.load(Ordering::Relaxed), e + q.enters.load(Ordering::Relaxed))
+        });
         Counters {
             transport: self.transport.get().copied(),
             dev_requests: self.dev_requests.load(Ordering::Relaxed),
@@ -259,7 +259,7 @@ impl<F: Filesystem> Shared<F> {
         let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
             f(&s);
             s.threads.fetch_sub(1, Ordering::AcqRel);
-            let _g = s.exited.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = lock(&s.exited);
             s.all_exited.notify_all();
         });
         if let Err(e) = spawned {
@@ -272,7 +272,7 @@ impl<F: Filesystem> Shared<F> {
 
     /// Calls `f` when the connection ends.
     pub(crate) fn on_end(&self, f: impl Fn() + Send + Sync + 'static) {
-        self.on_end.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+        lock(&self.on_end).push(Box::new(f));
     }
 
     /// Whether the connection has ended.
@@ -283,12 +283,12 @@ impl<F: Filesystem> Shared<F> {
     /// The connection is gone (unmounted and released, or aborted).
     pub(crate) fn end(&self) {
         if !self.ended.swap(true, Ordering::AcqRel) {
-            let hooks = std::mem::take(&mut *self.on_end.lock().unwrap_or_else(|e| e.into_inner()));
+            let hooks = std::mem::take(&mut *lock(&self.on_end));
             for h in hooks {
                 h();
             }
         }
-        let _g = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = lock(&self.exited);
         self.all_exited.notify_all();
     }
 }
@@ -363,9 +363,9 @@ impl<F: Filesystem> Session<F> {
     /// or aborted) and every transport thread has exited.
     pub fn wait(&self) {
         let s = &self.shared;
-        let mut g = s.exited.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&s.exited);
         while !s.ended.load(Ordering::Acquire) || s.threads.load(Ordering::Acquire) != 0 {
-            g = s.all_exited.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = wait(&s.all_exited, g);
         }
     }
 }

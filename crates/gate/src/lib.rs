@@ -44,6 +44,7 @@ mod mutex;
 mod primitive;
 mod registry;
 mod revocable;
+pub mod sync;
 mod wait;
 
 pub use gate::{DrainError, Gate, Guard, Holder, SendGuard, Stuck};

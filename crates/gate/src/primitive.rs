@@ -24,17 +24,13 @@ pub(crate) use std::{
     thread_local,
 };
 
-/// Locks `m`, ignoring poisoning.
-///
-/// A handler that panics while holding one of the crate's internal locks
-/// leaves only plain data behind (lists of waiters, counters), which stay
-/// consistent at every await point, so poisoning carries no information here.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, ignoring poisoning (see [`crate::sync`]).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Waits on `cv`, ignoring poisoning (see [`lock`]).
-pub(crate) fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+pub fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     cv.wait(g).unwrap_or_else(|e| e.into_inner())
 }
 
@@ -42,7 +38,7 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, 
 ///
 /// Under loom a timed wait is an untimed one (loom has no clock); the callers
 /// re-check their deadline, so this only narrows the explored schedules.
-pub(crate) fn wait_timeout<'a, T>(
+pub fn wait_timeout<'a, T>(
     cv: &Condvar,
     g: MutexGuard<'a, T>,
     dur: std::time::Duration,

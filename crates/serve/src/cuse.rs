@@ -13,6 +13,7 @@
 
 use crate::fs::{caller, file_ioctl, file_poll, file_read, kerr};
 use crate::handles::Handles;
+use devlife_core::gate::sync::lock;
 use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};
 use devlife_fuse::{
     Config, CuseDevice, Errno, Filesystem, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs, Req,
@@ -52,7 +53,7 @@ impl CuseNode {
         match &f.pos {
             None => op(0),
             Some(pos) => {
-                let mut p = pos.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = lock(pos);
                 let n = op(*p)?;
                 *p += n as u64;
                 Ok(n)
@@ -167,7 +168,7 @@ impl CuseNodes {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The real number of node `name`'s device, if it has one.

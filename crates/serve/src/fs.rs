@@ -7,6 +7,7 @@ use crate::handles::Handles;
 use crate::inodes::Inodes;
 use crate::tree::{self, Obj};
 use devlife_core::gate::Wake;
+use devlife_core::gate::sync::lock;
 use devlife_core::{
     Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, IoctlOutcome, Llseek, PollMask, System,
     UserRegion,
@@ -529,7 +530,7 @@ impl Filesystem for ServeFs {
         let handle = self.handle(fh)?;
         let Handle::Dir(listing) = &*handle else { return Err(Errno::BADF) };
         let entries = {
-            let mut l = listing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = lock(listing);
             // Offset 0: opendir, or rewinddir. Anything else resumes the
             // listing taken then.
             if offset == 0 || l.is_empty() {

@@ -2,6 +2,7 @@
 //! device alike.
 
 use crossbeam_utils::CachePadded;
+use devlife_core::gate::sync::lock;
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,7 +46,7 @@ impl<T> Default for Handles<T> {
 
 impl<T> Handles<T> {
     fn lock(&self, idx: usize) -> MutexGuard<'_, Shard<T>> {
-        self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[idx])
     }
 
     fn shard_of(fh: u64) -> usize {

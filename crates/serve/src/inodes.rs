@@ -6,6 +6,7 @@
 //! name, requests on the old inode fail `ENOENT` instead of reaching the new
 //! object (the stale-`i_cdev` problem of containers and devtmpfs).
 
+use devlife_core::gate::sync::lock;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ impl Default for Inodes {
 
 impl Inodes {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// The path and object identity of `ino`.

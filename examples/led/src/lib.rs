@@ -30,6 +30,7 @@ use devlife_core::fops::{
     FileOperations, Ioctl, KResult, Llseek, OpCtx, PollMask, PollTable, simple_read_from_buffer,
 };
 use devlife_core::gate::WaitQueue;
+use devlife_core::gate::sync::lock;
 use devlife_core::{
     Bound, Cdev, DelayedWork, Device, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
     devm_cdev_device_add, devm_delayed_work_autocancel, devm_device_create_file, devm_kthread_run,
@@ -141,7 +142,7 @@ impl FileOperations for BrightnessNode {
     }
 
     fn read(&self, file: &Snapshot, _cx: &OpCtx<'_>, buf: &mut [u8], offset: u64) -> KResult<usize> {
-        let mut text = file.text.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = lock(&file.text);
         // A read from the start (or the first read) takes a fresh value;
         // later ones continue it.
         if offset == 0 || text.is_empty() {

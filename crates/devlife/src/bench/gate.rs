@@ -10,6 +10,7 @@
 
 use super::{Opts, Row, V, machine, percentile};
 use devlife_gate::Gate;
+use devlife_gate::sync::lock;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -206,7 +207,7 @@ fn kill_latency(hammer: usize, samples: usize) -> Latency {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let my_gen = generation.load(Ordering::Acquire);
-                    let s = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let s = lock(&current).clone();
                     while let Some(guard) = s.gate.try_enter() {
                         s.entered.fetch_add(1, Ordering::Relaxed);
                         drop(black_box(guard));
@@ -222,7 +223,7 @@ fn kill_latency(hammer: usize, samples: usize) -> Latency {
     let mut us = Vec::with_capacity(samples);
     for _ in 0..samples {
         let s = Arc::new(Sample { gate: Gate::new(), entered: AtomicUsize::new(0) });
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
+        *lock(&current) = s.clone();
         generation.fetch_add(1, Ordering::Release);
         if hammer > 0 {
             // Wait (bounded) until the hammering threads are using this gate.

@@ -3,6 +3,7 @@
 
 use super::rng::Rng;
 use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_UNBIND_SELF, XYZ_IOC_WAIT};
+use devlife_gate::sync::lock;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -60,12 +61,7 @@ impl Tally {
         self.ops.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = r {
             if !allowed(e, self.cuse) {
-                *self
-                    .unexpected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(format!("{what}:{e:?}"))
-                    .or_default() += 1;
+                *lock(&self.unexpected).entry(format!("{what}:{e:?}")).or_default() += 1;
             }
         }
     }
@@ -220,7 +216,7 @@ pub fn run(o: &Opts) -> i32 {
     for t in threads {
         let _ = t.join();
     }
-    let unexpected = tally.unexpected.lock().unwrap_or_else(|p| p.into_inner());
+    let unexpected = lock(&tally.unexpected);
     let list: Vec<String> = unexpected.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "client ops={} hangs={} unexpected={} {}",

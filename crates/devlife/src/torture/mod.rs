@@ -30,6 +30,7 @@ mod rng;
 pub mod stuck;
 
 use client::{MAX_HOLD_MS, NODES};
+use devlife_gate::sync::lock;
 use rng::Rng;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -144,7 +145,7 @@ fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
         for b in &bad {
             eprintln!("torture: namespace: {b}");
         }
-        c.namespace.lock().unwrap_or_else(|p| p.into_inner()).extend(bad);
+        lock(&c.namespace).extend(bad);
         return;
     }
     let (path, text, removal) = match rng.below(100) {
@@ -272,7 +273,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
         let mut rng = Rng::new(seed ^ 0x5157);
         std::thread::spawn(move || {
             while on.load(Ordering::Relaxed) {
-                let list = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let list = lock(&pids).clone();
                 if !list.is_empty() {
                     let pid = list[rng.below(list.len() as u64) as usize];
                     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
@@ -342,7 +343,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
             survived_kill += 1;
             eprintln!("torture: client {} outlived SIGKILL by 10 s", c.id());
         }
-        pids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != c.id());
+        lock(&pids).retain(|p| *p != c.id());
     }
     signalling.store(false, Ordering::Relaxed);
     let _ = signaller.join();
@@ -371,7 +372,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
         eprintln!("torture: stuck in D: {s}");
     }
     let stuck = stuck_threads.len() as u64 + survived_kill;
-    let namespace = chaos.namespace.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+    let namespace = lock(&chaos.namespace).len() as u64;
     let violations = epoch + slow + hangs + stuck + namespace;
     let removals = chaos.removals.load(Ordering::Relaxed);
     eprintln!(

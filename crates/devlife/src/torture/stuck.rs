@@ -9,6 +9,7 @@
 //! page fault, a disk read); a FUSE request waited for in `D` ends only
 //! when the server answers.
 
+use devlife_gate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,12 +42,12 @@ impl Watch {
 
     /// Watches every thread of process `pid` from now on.
     pub fn add(&self, pid: u32) {
-        self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        lock(&self.shared.pids).push(pid);
     }
 
     /// The threads seen stuck so far: `pid/tid (comm) in wchan for N s`.
     pub fn stuck(&self) -> Vec<String> {
-        self.shared.stuck.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.shared.stuck).clone()
     }
 }
 
@@ -71,7 +72,7 @@ fn sample(s: &Shared) {
     let mut since: HashMap<(u32, u32), Instant> = HashMap::new();
     let mut reported: std::collections::HashSet<(u32, u32)> = Default::default();
     while !s.stop.load(Ordering::Relaxed) {
-        let pids = s.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pids = lock(&s.pids).clone();
         let now = Instant::now();
         let mut seen = Vec::new();
         for pid in pids {
@@ -90,7 +91,7 @@ fn sample(s: &Shared) {
                             .trim()
                             .to_owned()
                     };
-                    s.stuck.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+                    lock(&s.stuck).push(format!(
                         "{pid}/{tid} ({}) in {} for {:.1} s",
                         read("comm"),
                         read("wchan"),

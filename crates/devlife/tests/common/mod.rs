@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses part of it
 
 use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_WAIT};
+use devlife_gate::sync::lock;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -91,7 +92,7 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut l = lock(&log);
                     l.push_str(&line);
                     l.push('\n');
                 }

@@ -148,6 +148,7 @@ use crate::abi::uring;
 use crate::fs::Filesystem;
 use crate::session::{RingCounters, Shared};
 use crossbeam_utils::CachePadded;
+use devlife_gate::sync::lock;
 use queue::Queue;
 use std::sync::Arc;
 use std::sync::mpsc::channel;
@@ -176,7 +177,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
         .map(|q| {
             let cpu = allowed.as_ref().is_none_or(|a| a.is_set(q)).then_some(q);
             let counters = Arc::new(CachePadded::new(RingCounters::default()));
-            s.stats.ring_queues.lock().unwrap_or_else(|e| e.into_inner()).push(counters.clone());
+            lock(&s.stats.ring_queues).push(counters.clone());
             Arc::new(Queue::new(q as u16, cpu, payload, s.config.max_workers, kick_tx.clone(), counters))
         })
         .collect();

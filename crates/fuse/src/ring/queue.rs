@@ -26,10 +26,11 @@ use super::token::Token;
 use super::wake;
 use crate::session::RingCounters;
 use crossbeam_utils::CachePadded;
+use devlife_gate::sync::{lock, wait_timeout};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Idle threads a queue keeps to take over from a handler about to sleep;
@@ -158,7 +159,7 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Takes what the token's last operations brought into the queue's
@@ -425,7 +426,7 @@ impl Queue {
                 return false;
             }
             st.idle += 1;
-            st = self.followers.wait_timeout(st, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+            st = wait_timeout(&self.followers, st, RECHECK);
             st.idle -= 1;
         }
     }
