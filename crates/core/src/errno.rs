@@ -9,6 +9,9 @@
 use devlife_gate::Cancelled;
 use std::fmt;
 
+/// Result of a handler: a value or a Linux error number.
+pub type KResult<T> = Result<T, Errno>;
+
 /// A Linux error number (positive, as in `errno`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Errno(i32);

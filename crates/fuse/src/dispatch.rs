@@ -11,18 +11,12 @@
 use crate::abi;
 use crate::decode::{DecodeError, Operation, Request};
 use crate::fs::{DirBuf, Filesystem, IoctlReply, Req};
-use crate::inflight::{Inflight, Interrupts, Running};
+use crate::inflight::{Inflight, Interrupts, OnSleep, Running};
 use crate::notify::Notifier;
 use rustix::io::Errno;
 use std::cell::Cell;
 use std::sync::Arc;
 use zerocopy::IntoBytes;
-
-/// What a transport runs when a handler of one of its requests is about
-/// to sleep (in a cancellable wait: the gate's `wait_event`, a
-/// `CancellableMutex`), once per request: the ring transport makes sure
-/// the handler's queue can take other requests meanwhile.
-pub(crate) type OnSleep = Arc<dyn Fn() + Send + Sync>;
 
 /// Where a request's handling needs to reach: one per worker thread.
 pub(crate) struct Context<'a, F> {
@@ -85,7 +79,7 @@ impl<'a, F> Context<'a, F> {
 pub(crate) enum Via {
     Dev,
     /// A ring entry: the kernel may have dropped its interrupt (see
-    /// [`ring::signal_pending`](crate::ring::signal_pending)).
+    /// [`signal_pending`](crate::signal::signal_pending)).
     Ring,
 }
 

@@ -7,7 +7,6 @@
 //! of its own ([`Running`]): handling a request allocates nothing here and
 //! writes no cache line another CPU's worker writes.
 
-use crate::dispatch::OnSleep;
 use crossbeam_utils::CachePadded;
 use devlife_gate::CancelSource;
 use devlife_gate::sync::lock;
@@ -15,6 +14,12 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a transport runs when a handler of one of its requests is about
+/// to sleep (in a cancellable wait: the gate's `wait_event`, a
+/// `CancellableMutex`), once per request: the ring transport makes sure
+/// the handler's queue can take other requests meanwhile.
+pub(crate) type OnSleep = Arc<dyn Fn() + Send + Sync>;
 
 /// How long an early interrupt is remembered: one whose request had in fact
 /// already finished is forgotten after this.
@@ -168,7 +173,7 @@ impl Interrupts {
                 h();
             }
             let t = t.load(Ordering::Relaxed);
-            t != 0 && crate::ring::signal_pending(t)
+            t != 0 && crate::signal::signal_pending(t)
         }));
         Interrupts { src, tid }
     }

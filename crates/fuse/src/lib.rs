@@ -29,6 +29,7 @@ mod notify;
 mod reply;
 mod ring;
 mod session;
+mod signal;
 
 pub use cuse::CuseDevice;
 pub use fs::{DirBuf, Entry, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Opened, ReadArgs, Req};

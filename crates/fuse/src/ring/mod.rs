@@ -58,7 +58,7 @@
 //!
 //! * when its handler is about to sleep in a cancellable wait (the gate's
 //!   `wait_event`, a `CancellableMutex`): the request's interrupt source
-//!   runs a probe before its first sleep ([`OnSleep`](crate::dispatch::OnSleep));
+//!   runs a probe before its first sleep ([`OnSleep`](crate::inflight::OnSleep));
 //! * when its handler has run for a while without returning or sleeping so
 //!   (a driver busy, or asleep some other way): the [`monitor`] thread takes
 //!   the queue over, as Go's runtime hands a processor on from a goroutine
@@ -133,7 +133,7 @@
 //! read until data comes; `devlife`'s interrupt test loses one in a few
 //! hundred). Such a signal stays pending on the caller's thread as long as
 //! it waits, so the server asks: a ring request's interrupt source carries
-//! a probe ([`signal_pending`]) that the handler's first sleep runs. Only
+//! a probe ([`signal_pending`](crate::signal::signal_pending)) that the handler's first sleep runs. Only
 //! requests that sleep pay for it, once.
 
 mod entry;
@@ -258,20 +258,5 @@ fn pin(q: &Queue) {
         if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
             tracing::debug!("ring queue {}: cannot pin to CPU {cpu}: {e}", q.qid);
         }
-    }
-}
-
-/// Whether thread `tid` has a signal pending that it does not block: the
-/// signal that interrupted its FUSE request, if its interrupt was dropped
-/// (see "Interrupts the kernel drops"). Read from `/proc/<tid>/status`
-/// (`SigPnd`, `ShdPnd`, `SigBlk`); a fatal signal shows as `SIGKILL`.
-pub(crate) fn signal_pending(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return false };
-    let mask = |key: &str| {
-        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    match (mask("SigPnd:"), mask("ShdPnd:"), mask("SigBlk:")) {
-        (Some(p), Some(s), Some(b)) => (p | s) & !b != 0,
-        _ => false,
     }
 }

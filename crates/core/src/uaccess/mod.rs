@@ -21,8 +21,11 @@
 //! encodes; there, [`Ioctl::read_user`] and [`Ioctl::user_out`] fail
 //! `EOPNOTSUPP`, and so does a command with a declared layout.
 
-use crate::errno::Errno;
-use crate::fops::{Ioctl, KResult};
+mod ioctl;
+
+pub use ioctl::Ioctl;
+
+use crate::errno::{Errno, KResult};
 use crate::ioctl::{Dir, IoctlCmd};
 
 /// The most argument memory one round may fetch, and the most it may
