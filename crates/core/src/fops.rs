@@ -205,6 +205,13 @@ pub struct Caller<'a> {
     pub interrupt: Option<&'a CancelSource>,
 }
 
+/// The former name of [`OpCtx`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `OpCtx` (the name `Ctx` said nothing of what it is the context of)"
+)]
+pub type Ctx<'a> = OpCtx<'a>;
+
 /// The context of one operation: who called, and how to sleep.
 pub struct OpCtx<'a> {
     pub(crate) caller: Caller<'a>,

@@ -7,6 +7,7 @@
 //! tests say so and pass, unless `CI=true`, where that is a failure.
 
 mod common;
+use devlife_gate::sync::lock;
 
 use common::*;
 use devlife_drivers::xyz::XYZ_IOC_WAIT;
@@ -311,6 +312,20 @@ fn bad_control_input_changes_nothing() {
     ];
     for (file, text, err) in cases {
         assert_eq!(s.write(file, text), Err(*err), "{file} <- {text:?}");
+    }
+    // Each refusal is logged at info (the server's default level) with the
+    // file, the input and the reason.
+    let refused = || lock(&s.stderr).lines().filter(|l| l.contains("control write refused")).count();
+    until(|| refused() == cases.len());
+    let log = lock(&s.stderr).clone();
+    let line = log.lines().find(|l| l.contains("nosuchtype")).expect("the unknown type's refusal is logged");
+    for want in [
+        " INFO ",
+        "file=sys/bus/sim/new_device",
+        "input=\"nosuchtype x\"",
+        "reason=no driver of the bus handles device type \"nosuchtype\"",
+    ] {
+        assert!(line.contains(want), "{want:?} not in {line:?}");
     }
     let n = std::fs::read_dir(s.p("dev")).unwrap().count();
     assert_eq!(n, 2, "nothing changed");

@@ -52,6 +52,73 @@ pub mod op {
     pub const RENAME2: u32 = 45;
     /// `CUSE_INIT`: the first request on a `/dev/cuse` channel.
     pub const CUSE_INIT: u32 = 4096;
+
+    /// The name `fuse.h` gives opcode `op` (`enum fuse_opcode`, protocol
+    /// 7.42), also for those this server does not implement (what a log
+    /// says of a request answered `ENOSYS`); `None` for a number `fuse.h`
+    /// does not name.
+    pub fn name(op: u32) -> Option<&'static str> {
+        const NAMES: [&str; 54] = [
+            "",
+            "LOOKUP",
+            "FORGET",
+            "GETATTR",
+            "SETATTR",
+            "READLINK",
+            "SYMLINK",
+            "",
+            "MKNOD",
+            "MKDIR",
+            "UNLINK",
+            "RMDIR",
+            "RENAME",
+            "LINK",
+            "OPEN",
+            "READ",
+            "WRITE",
+            "STATFS",
+            "RELEASE",
+            "",
+            "FSYNC",
+            "SETXATTR",
+            "GETXATTR",
+            "LISTXATTR",
+            "REMOVEXATTR",
+            "FLUSH",
+            "INIT",
+            "OPENDIR",
+            "READDIR",
+            "RELEASEDIR",
+            "FSYNCDIR",
+            "GETLK",
+            "SETLK",
+            "SETLKW",
+            "ACCESS",
+            "CREATE",
+            "INTERRUPT",
+            "BMAP",
+            "DESTROY",
+            "IOCTL",
+            "POLL",
+            "NOTIFY_REPLY",
+            "BATCH_FORGET",
+            "FALLOCATE",
+            "READDIRPLUS",
+            "RENAME2",
+            "LSEEK",
+            "COPY_FILE_RANGE",
+            "SETUPMAPPING",
+            "REMOVEMAPPING",
+            "SYNCFS",
+            "TMPFILE",
+            "STATX",
+            "COPY_FILE_RANGE_64",
+        ];
+        match op {
+            CUSE_INIT => Some("CUSE_INIT"),
+            _ => NAMES.get(op as usize).copied().filter(|n| !n.is_empty()),
+        }
+    }
 }
 
 /// Notification codes (the `error` field of a notification's header).

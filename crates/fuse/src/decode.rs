@@ -13,6 +13,7 @@ use zerocopy::FromBytes;
 
 /// Why a request could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Fewer bytes than a request header.
     #[error("request of {0} bytes is shorter than its header")]
@@ -178,7 +179,8 @@ impl Operation<'_> {
             Operation::Rename { .. } => "RENAME",
             Operation::Link { .. } => "LINK",
             Operation::Create { .. } => "CREATE",
-            Operation::Unsupported(_) => "UNSUPPORTED",
+            // Named as `fuse.h` names it (`GETXATTR`), for the logs.
+            Operation::Unsupported(op) => abi::op::name(*op).unwrap_or("UNKNOWN"),
         }
     }
 
@@ -498,6 +500,19 @@ mod tests {
     #[test]
     fn unknown_opcode_is_unsupported_not_an_error() {
         assert!(matches!(decode(&req(9999, &[])).unwrap().op, Operation::Unsupported(9999)));
+        assert_eq!(decode(&req(9999, &[])).unwrap().op.name(), "UNKNOWN");
+        assert_eq!(decode(&req(22, &[])).unwrap().op.name(), "GETXATTR");
+        assert_eq!(decode(&req(52, &[])).unwrap().op.name(), "STATX");
+        // Every opcode the decoder knows has the name `fuse.h` gives it.
+        for op in 0..64u32 {
+            if let Ok(r) = decode(&req(op, &[0; 256])) {
+                if !matches!(r.op, Operation::Unsupported(_)) {
+                    // RENAME2 is decoded as a RENAME with flags.
+                    let want = if op == op::RENAME2 { Some("RENAME") } else { abi::op::name(op) };
+                    assert_eq!(Some(r.op.name()), want, "opcode {op}");
+                }
+            }
+        }
     }
 
     #[test]

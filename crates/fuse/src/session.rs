@@ -90,6 +90,16 @@ pub enum Transport {
     },
 }
 
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::DevFuse => f.write_str("/dev/fuse"),
+            Transport::IoUring { queues: 1 } => f.write_str("io_uring (1 queue)"),
+            Transport::IoUring { queues } => write!(f, "io_uring ({queues} queues)"),
+        }
+    }
+}
+
 /// A snapshot of [`TransportStats`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counters {

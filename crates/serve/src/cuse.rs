@@ -11,7 +11,7 @@
 //! on old descriptors fail `ENOTCONN`, its choice). `docs/ARCHITECTURE.md`
 //! has the table.
 
-use crate::fs::{caller, file_ioctl, file_poll, file_read, kerr};
+use crate::file::{caller, file_ioctl, file_poll, file_read, kerr};
 use crate::handles::Handles;
 use devlife_core::gate::sync::lock;
 use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};

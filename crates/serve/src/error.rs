@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// Why [`Server::start`](crate::Server::start) or a shutdown failed. Each
 /// says what it was doing and where; a failed start leaves nothing mounted.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The mount directory could not be created.
     #[error("cannot create {}: {source}", dir.display())]
@@ -14,6 +15,20 @@ pub enum ServeError {
         dir: PathBuf,
         /// What `mkdir` said.
         source: io::Error,
+    },
+    /// The mount path exists and is not a directory.
+    #[error("{} is not a directory", dir.display())]
+    NotADirectory {
+        /// The path.
+        dir: PathBuf,
+    },
+    /// [`Options::fsname`](crate::Options::fsname) cannot name a mount.
+    #[error("{name:?} cannot name the mount: {reason}")]
+    FsName {
+        /// The name asked for.
+        name: String,
+        /// Why not.
+        reason: &'static str,
     },
     /// A server that still answers has the directory mounted.
     #[error("{} is already mounted by a live server", dir.display())]

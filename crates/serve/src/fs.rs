@@ -1,21 +1,19 @@
 //! [`ServeFs`]: the FUSE operations of the served tree, on top of the
-//! driver core. Errno values cross from the core to the transport here.
+//! driver core; the operations on an open device file are in
+//! [`crate::file`], shared with CUSE.
 
 use crate::control;
 use crate::cuse::CuseNodes;
+use crate::file::{caller, file_ioctl, file_poll, file_read, kerr};
 use crate::handles::Handles;
 use crate::inodes::Inodes;
 use crate::tree::{self, Obj};
-use devlife_core::gate::Wake;
 use devlife_core::gate::sync::lock;
-use devlife_core::{
-    Caller, Change, Credentials, Errno as KErrno, File, IoctlCmd, IoctlOutcome, Llseek, PollMask, System,
-    UserRegion,
-};
+use devlife_core::{Change, File, Llseek, PollMask, System};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
-    DirBuf, Entry, Errno, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs,
-    Req, TransportStats,
+    DirBuf, Entry, Errno, FileAttr, Filesystem, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs, Req,
+    TransportStats,
 };
 use smallvec::SmallVec;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +22,6 @@ use std::time::Duration;
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
-const O_NONBLOCK: u32 = 0o4000;
 
 /// How long the kernel may cache names and attributes of the fixed
 /// structure (`dev`, `sys`, ...) and of device nodes; everything else is
@@ -84,10 +81,6 @@ pub struct ServeFs {
     transport: Arc<TransportStats>,
     /// The CUSE devices serving the nodes, when served that way.
     cuse: OnceLock<Arc<CuseNodes>>,
-}
-
-pub(crate) fn kerr(e: KErrno) -> Errno {
-    Errno::from_raw_os_error(e.raw())
 }
 
 /// A path's components, on the stack for up to [`INLINE_PARTS`] of them
@@ -284,79 +277,6 @@ fn sysfs_open_mode(obj: &Obj, flags: u32) -> Result<(), Errno> {
         return Err(Errno::ACCESS);
     }
     Ok(())
-}
-
-/// Who calls, as the core wants it: the request's credentials, the open
-/// flags' `O_NONBLOCK`, and its interrupt.
-pub(crate) fn caller<'a>(req: &Req<'a>, flags: u32) -> Caller<'a> {
-    Caller {
-        creds: Credentials { uid: req.uid, gid: req.gid, pid: req.pid },
-        nonblock: flags & O_NONBLOCK != 0,
-        interrupt: Some(req.interrupt),
-    }
-}
-
-/// A read of up to `size` bytes at `offset` from an open file into `out`,
-/// left as long as what was read; returns that length. Over either kind of
-/// transport.
-pub(crate) fn file_read(
-    f: &File,
-    offset: u64,
-    size: u32,
-    caller: &Caller<'_>,
-    out: &mut Vec<u8>,
-) -> Result<usize, Errno> {
-    out.resize(size as usize, 0);
-    let n = f.read(out, offset, caller).map_err(kerr)?;
-    out.truncate(n);
-    Ok(n)
-}
-
-/// An ioctl on an open file, over either kind of transport: restricted
-/// (FUSE: the kernel copied the encoded argument) or unrestricted (CUSE:
-/// the core asks for the caller's memory, round by round).
-pub(crate) fn file_ioctl(
-    f: &File,
-    caller: &Caller<'_>,
-    a: &IoctlArgs<'_>,
-    out: &mut Vec<u8>,
-) -> Result<IoctlReply, Errno> {
-    let cmd = IoctlCmd::from_raw(a.cmd);
-    let r = if a.unrestricted {
-        match f.ioctl_unrestricted(cmd, a.arg, a.input, a.out_size as usize, out, caller).map_err(kerr)? {
-            IoctlOutcome::Done(r) => r,
-            IoctlOutcome::Fetch { input, output } => {
-                let v = |r: &UserRegion| IoVec { base: r.addr, len: r.len as u64 };
-                return Ok(IoctlReply::Retry {
-                    input: input.iter().map(v).collect(),
-                    output: output.iter().map(v).collect(),
-                });
-            }
-        }
-    } else {
-        f.ioctl(cmd, a.arg, a.input, out, caller).map_err(kerr)?
-    };
-    i32::try_from(r).map(IoctlReply::Done).map_err(|_| Errno::OVERFLOW)
-}
-
-/// One round of poll on an open file; with `kh`, the kernel's poll handle
-/// is woken (a poll notification) when readiness may change.
-pub(crate) fn file_poll(f: &File, req: &Req<'_>, kh: Option<u64>) -> u32 {
-    let waker: Option<Arc<dyn Wake>> =
-        kh.map(|kh| Arc::new(KernelPoller { notifier: req.notifier.clone(), kh }) as Arc<dyn Wake>);
-    f.poll_once(&caller(req, 0), waker.as_ref()).0
-}
-
-/// Wakes the kernel's pollers of one poll handle.
-struct KernelPoller {
-    notifier: Notifier,
-    kh: u64,
-}
-
-impl Wake for KernelPoller {
-    fn wake(&self) {
-        self.notifier.poll_wakeup(self.kh);
-    }
 }
 
 impl Filesystem for ServeFs {

@@ -17,15 +17,15 @@
 //! #     }
 //! # }
 //! use devlife_core::System;
-//! use devlife_serve::{Options, Server};
+//! use devlife_serve::{Options, Report, Server};
 //!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! fn main() -> Result<(), Report> {
 //!     devlife_serve::init_logging(None);
 //!     let sys = System::new();
 //!     led::register(&sys)?;
 //!     let bus = sys.bus(led::BUS).ok_or("no bus")?;
 //!     bus.add_device("led0", "led")?;
-//!     let mut opts = Options::new();
+//!     let mut opts = Options::new().fsname("led-serve");
 //!     if let Some(dir) = std::env::args_os().nth(1) {
 //!         opts = opts.mount_dir(dir);
 //!     }
@@ -33,7 +33,7 @@
 //!     server.catch_signals()?; // before anyone is told to signal us
 //!     println!("ready {}", server.mount_path().display());
 //!     let why = server.run_until_signal()?;
-//!     eprintln!("stopped: {why:?}");
+//!     eprintln!("stopped: {why}");
 //!     Ok(())
 //! }
 //! ```
@@ -64,12 +64,14 @@
 mod control;
 mod cuse;
 mod error;
+mod file;
 mod fs;
 mod handles;
 mod inodes;
 #[cfg(feature = "log")]
 mod logging;
 mod options;
+mod report;
 mod server;
 mod tree;
 
@@ -77,5 +79,8 @@ pub use devlife_fuse::Transport;
 pub use error::ServeError;
 #[cfg(feature = "log")]
 pub use logging::init_logging;
-pub use options::{CUSE_ENV, IO_URING_ENV, IoUring, Options, default_mount_dir};
+pub use options::{
+    CUSE_ENV, DEFAULT_FSNAME, IO_URING_ENV, IoUring, Options, ParseIoUringError, default_mount_dir,
+};
+pub use report::Report;
 pub use server::{Server, Stopped};

@@ -39,17 +39,52 @@ impl IoUring {
     /// [`IO_URING_ENV`]'s choice, or [`Auto`](Self::Auto) when it is unset
     /// (or not `on`, `off` or `auto`, which is reported on stderr).
     fn from_env() -> Self {
-        match std::env::var(IO_URING_ENV).as_deref() {
-            Err(_) | Ok("auto") => IoUring::Auto,
-            Ok("on") => IoUring::On,
-            Ok("off") => IoUring::Off,
-            Ok(other) => {
-                eprintln!("devlife-serve: {IO_URING_ENV}={other:?} is not on, off or auto; using auto");
+        match std::env::var(IO_URING_ENV) {
+            Err(_) => IoUring::Auto,
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                eprintln!("devlife-serve: {IO_URING_ENV}: {e}; using auto");
                 IoUring::Auto
-            }
+            }),
         }
     }
 }
+
+/// Parses `on`, `off` or `auto` (what [`IO_URING_ENV`] takes), for a
+/// program with a switch of its own.
+///
+/// # Examples
+///
+/// ```
+/// use devlife_serve::IoUring;
+/// assert_eq!("off".parse::<IoUring>(), Ok(IoUring::Off));
+/// assert_eq!("ring".parse::<IoUring>().unwrap_err().to_string(), "\"ring\" is not on, off or auto");
+/// ```
+impl std::str::FromStr for IoUring {
+    type Err = ParseIoUringError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(IoUring::Auto),
+            "on" => Ok(IoUring::On),
+            "off" => Ok(IoUring::Off),
+            other => Err(ParseIoUringError(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for IoUring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoUring::Auto => "auto",
+            IoUring::On => "on",
+            IoUring::Off => "off",
+        })
+    }
+}
+
+/// A transport choice that is not `on`, `off` or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not on, off or auto")]
+pub struct ParseIoUringError(String);
 
 /// Where and how [`Server::start`](crate::Server::start) serves.
 ///
@@ -73,6 +108,7 @@ pub struct Options {
     pub(crate) io_uring: IoUring,
     pub(crate) owner: (u32, u32),
     pub(crate) cuse: bool,
+    pub(crate) fsname: String,
 }
 
 impl Default for Options {
@@ -83,6 +119,7 @@ impl Default for Options {
             io_uring: IoUring::from_env(),
             owner: (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
             cuse: cuse_from_env(),
+            fsname: DEFAULT_FSNAME.to_owned(),
         }
     }
 }
@@ -136,9 +173,36 @@ impl Options {
         self
     }
 
+    /// Names the mount: `/proc/mounts` (and `df`, `findmnt`) show
+    /// `<name> <dir> fuse.<name>`, so the mount says which program serves
+    /// it. Default `devlife`. Letters, digits and `._+-` only, at most 64
+    /// (the name is a mount option, and a field of `/proc/mounts`); another
+    /// name fails [`Server::start`](crate::Server::start) with
+    /// [`ServeError::FsName`](crate::ServeError::FsName).
+    pub fn fsname(mut self, name: impl Into<String>) -> Self {
+        self.fsname = name.into();
+        self
+    }
+
     /// The mount directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// The mount's name when [`Options::fsname`] is not called.
+pub const DEFAULT_FSNAME: &str = "devlife";
+
+/// Why `name` cannot name a mount ([`Options::fsname`]), if it cannot.
+pub(crate) fn fsname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 64 {
+        Some("it is longer than 64 bytes")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
+        Some("only letters, digits and ._+- may name a mount")
+    } else {
+        None
     }
 }
 

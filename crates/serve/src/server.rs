@@ -3,7 +3,7 @@
 use crate::cuse::CuseNodes;
 use crate::error::ServeError;
 use crate::fs::ServeFs;
-use crate::options::{IoUring, Options};
+use crate::options::{IoUring, Options, fsname_problem};
 use devlife_core::System;
 use devlife_fuse::mount::{self, Mount, MountOptions, MountState};
 use devlife_fuse::{Config, Session, Transport};
@@ -58,6 +58,17 @@ pub enum Stopped {
     Unmounted,
 }
 
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Stopped::Signal(signal_hook::consts::SIGINT) => f.write_str("SIGINT"),
+            Stopped::Signal(signal_hook::consts::SIGTERM) => f.write_str("SIGTERM"),
+            Stopped::Signal(n) => write!(f, "signal {n}"),
+            Stopped::Unmounted => f.write_str("unmounted from outside"),
+        }
+    }
+}
+
 impl Server {
     /// Mounts `opts.dir()` and starts serving `sys`. Returns once requests
     /// are being answered.
@@ -67,14 +78,17 @@ impl Server {
     /// first; a live one is left alone ([`ServeError::AlreadyMounted`]).
     pub fn start(sys: System, opts: &Options) -> Result<Server, ServeError> {
         let dir = opts.dir.clone();
+        if let Some(reason) = fsname_problem(&opts.fsname) {
+            return Err(ServeError::FsName { name: opts.fsname.clone(), reason });
+        }
         prepare_dir(&dir)?;
         if opts.io_uring == IoUring::On {
             enable_uring().map_err(ServeError::IoUring)?;
         }
         let mount_opts = MountOptions {
             allow_other: opts.allow_other,
-            fsname: "devlife".into(),
-            subtype: "devlife".into(),
+            fsname: opts.fsname.clone(),
+            subtype: opts.fsname.clone(),
         };
         let mut m = mount::mount(&dir, &mount_opts)
             .map_err(|source| ServeError::Mount { dir: dir.clone(), source })?;
@@ -101,7 +115,7 @@ impl Server {
             false => None,
         };
         let server = Server { sys, session: Arc::new(session), mount: Some(m), dir, cuse, signals: None };
-        tracing::info!(dir = %server.dir.display(), transport = ?server.transport(), "mounted");
+        tracing::info!(dir = %server.dir.display(), transport = %server.transport(), "mounted");
         Ok(server)
     }
 
@@ -177,7 +191,7 @@ impl Server {
         let why = rx.recv().unwrap_or(Stopped::Unmounted);
         closer.close();
         let _ = signal_thread.join();
-        tracing::info!(?why, "stopping");
+        tracing::info!(%why, "stopping");
         if why == Stopped::Unmounted {
             // Nothing left to unmount.
             if let Some(m) = self.mount.take() {
@@ -224,6 +238,10 @@ impl std::fmt::Debug for Server {
 
 /// Creates `dir` and clears a stale mount there.
 fn prepare_dir(dir: &Path) -> Result<(), ServeError> {
+    // `create_dir_all` on an existing file says only "File exists".
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(ServeError::NotADirectory { dir: dir.to_owned() });
+    }
     std::fs::create_dir_all(dir).or_else(|source| {
         // A stale mount makes the directory itself fail with ENOTCONN.
         if mount::state(dir) == MountState::Stale {

@@ -280,3 +280,45 @@ fn the_docs_show_this_main() {
     let lines = body.lines().filter(|l| !l.trim().is_empty()).count();
     eprintln!("main: {} lines, {lines} not blank", main.lines().count());
 }
+
+/// Runs `led-serve DIR` expecting it to fail at start; returns its stderr.
+fn led_serve_fails(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_led-serve"))
+        .arg(dir)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "led-serve {} started", dir.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The shown `main` pattern (`-> Result<(), Report>`) prints why it could
+/// not start as a sentence, never as `Debug` (`AlreadyMounted { dir: .. }`).
+#[test]
+fn a_failed_start_reads_as_a_sentence() {
+    let Some(s) = Served::start() else { return };
+    let err = led_serve_fails(&s.dir);
+    assert_eq!(err.trim(), format!("Error: {} is already mounted by a live server", s.dir.display()));
+
+    let file = std::env::temp_dir().join(format!("led-test-file-{}", std::process::id()));
+    std::fs::write(&file, "x").unwrap();
+    let err = led_serve_fails(&file);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(err.trim(), format!("Error: {} is not a directory", file.display()));
+}
+
+/// `Options::fsname` names the mount in `/proc/mounts`: `led-serve` calls
+/// it, so the mount says which program serves it.
+#[test]
+fn proc_mounts_names_the_program() {
+    let Some(s) = Served::start() else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(s.dir.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not in /proc/self/mounts", s.dir.display()));
+    let fields: Vec<_> = line.split(' ').collect();
+    assert_eq!((fields[0], fields[2]), ("led-serve", "fuse.led-serve"), "{line}");
+}
