@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::{Server, until};
-use devlife_drivers::xyz::{XYZ_IOC_FIFO_LEN, XYZ_IOC_REVERSE};
+use common::{Server, fifo_len, reverse, until};
 use devlife_gate::sync::lock;
 use rustix::event::PollFlags;
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -63,31 +62,6 @@ fn blocked<T: Send + 'static>(
     let tid = rx.recv().unwrap();
     until(|| asleep_in(tid, nr));
     t
-}
-
-fn fifo_len(fd: impl AsFd) -> Result<i32, Errno> {
-    let mut n: libc::c_int = -1;
-    // SAFETY: XYZ_IOC_FIFO_LEN's argument is an `int *`: the kernel copies
-    // 4 bytes to `n`, which lives for the call.
-    let r = unsafe {
-        libc::ioctl(fd.as_fd().as_raw_fd(), XYZ_IOC_FIFO_LEN.raw() as _, &mut n as *mut libc::c_int)
-    };
-    if r < 0 { Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap()) } else { Ok(n) }
-}
-
-#[repr(C)]
-struct XyzBuf {
-    addr: u64,
-    len: u32,
-    done: u32,
-}
-
-fn reverse(fd: impl AsFd, data: &mut [u8]) -> Result<u32, Errno> {
-    let mut b = XyzBuf { addr: data.as_mut_ptr() as u64, len: data.len() as u32, done: 0 };
-    // SAFETY: XYZ_IOC_REVERSE reads and writes the 16-byte `XyzBuf`, and
-    // `len` bytes at `addr`, which is `data`: both live for the call.
-    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), XYZ_IOC_REVERSE.raw() as _, &mut b as *mut XyzBuf) };
-    if r < 0 { Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap()) } else { Ok(b.done) }
 }
 
 /// The C client, compiled once per test run.

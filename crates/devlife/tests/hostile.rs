@@ -12,7 +12,8 @@ mod common;
 
 use common::*;
 use devlife::torture::stuck;
-use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_UNBIND_SELF};
+use devlife::xyz_client::unbind_self;
+use devlife_drivers::xyz::XYZ_IOC_COUNT;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, RawDir};
 use rustix::io::Errno;
@@ -50,11 +51,6 @@ fn assert_none_stuck(w: &stuck::Watch) {
 
 fn open_at(p: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(p, flags | OFlags::CLOEXEC, Mode::empty())
-}
-
-fn unbind_self(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: XYZ_IOC_UNBIND_SELF is _IO('X', 5): no argument memory.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_UNBIND_SELF.raw() }>::new()) }
 }
 
 /// Names in a directory listing, read through `fd` in one go.

@@ -7,11 +7,11 @@
 //! tests say so and pass, unless `CI=true`, where that is a failure.
 
 mod common;
+use devlife::xyz_client::{lock as lock_ioctl, unbind_self};
 use devlife_gate::sync::lock;
 
 use common::*;
 use devlife_drivers::xyz::XYZ_IOC_WAIT;
-use rustix::fd::AsFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use std::io::{BufRead, BufReader, Write};
@@ -609,23 +609,6 @@ fn every_interrupt_reaches_its_request() {
     assert_eq!(waiter.join().unwrap(), N);
 }
 
-fn lock_ioctl(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: XYZ_IOC_LOCK is _IO('X', 4): no argument memory.
-    unsafe {
-        rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ devlife_drivers::xyz::XYZ_IOC_LOCK.raw() }>::new())
-    }
-}
-
-fn unbind_self(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: XYZ_IOC_UNBIND_SELF is _IO('X', 5): no argument memory.
-    unsafe {
-        rustix::ioctl::ioctl(
-            fd,
-            rustix::ioctl::NoArg::<{ devlife_drivers::xyz::XYZ_IOC_UNBIND_SELF.raw() }>::new(),
-        )
-    }
-}
-
 #[test]
 fn injected_faults() {
     let Some(s) = Server::start(&[]) else { return };
@@ -795,23 +778,11 @@ fn a_removal_held_up_by_a_handler_says_so() {
 
 #[test]
 fn ioctls_only_a_character_device_can_carry_fail_eopnotsupp() {
-    use devlife_drivers::xyz::{XYZ_IOC_FIFO_LEN, XYZ_IOC_REVERSE};
-    use rustix::fd::AsRawFd;
     let Some(s) = Server::start(&[]) else { return };
     let fd = s.open("dev/xyz0");
-    let errno = || Errno::from_io_error(&std::io::Error::last_os_error()).unwrap();
-    let mut n: libc::c_int = -1;
-    // SAFETY: the argument is an `int` that lives for the call (FUSE copies
-    // nothing for a number without _IOC bits).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_FIFO_LEN.raw() as _, &mut n as *mut libc::c_int) };
-    assert_eq!((r, errno()), (-1, Errno::OPNOTSUPP), "a tty-style number's declared layout");
+    assert_eq!(fifo_len(&fd), Err(Errno::OPNOTSUPP), "a tty-style number's declared layout");
     let mut text = *b"abc";
-    let mut arg = [0u8; 16];
-    arg[..8].copy_from_slice(&(text.as_mut_ptr() as u64).to_ne_bytes());
-    arg[8..12].copy_from_slice(&3u32.to_ne_bytes());
-    // SAFETY: `arg` is the 16-byte struct the command encodes, live for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_REVERSE.raw() as _, arg.as_mut_ptr()) };
-    assert_eq!((r, errno()), (-1, Errno::OPNOTSUPP), "a pointer inside the argument");
+    assert_eq!(reverse(&fd, &mut text), Err(Errno::OPNOTSUPP), "a pointer inside the argument");
     assert_eq!(&text, b"abc", "nothing changed");
     assert_eq!(count(&fd), Ok(1), "the device is unharmed");
 }

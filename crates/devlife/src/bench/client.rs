@@ -9,15 +9,12 @@
 //! the warm-up; [`Hist::encode`]) or `error: ...` (exit 1).
 
 use super::hist::Hist;
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-/// `XYZ_IOC_COUNT = _IOR('X', 1, u64)`, the command every contender serves.
-pub const XYZ_IOC_COUNT: libc::c_ulong = 0x8008_5801;
 
 /// What a client does in its loop.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +23,7 @@ pub enum Op {
     Read,
     /// `write` of 4 bytes.
     Write,
-    /// `ioctl(XYZ_IOC_COUNT)`.
+    /// `ioctl(XYZ_IOC_COUNT)`, the command every contender serves.
     Ioctl,
     /// `open` then `close` (a pair counts as one operation).
     OpenClose,
@@ -67,20 +64,6 @@ pub struct Opts {
     pub ms: u64,
 }
 
-/// `ioctl(fd, XYZ_IOC_COUNT)`: the count it returns.
-pub fn ioctl_count(fd: &OwnedFd) -> rustix::io::Result<u64> {
-    let mut n = 0u64;
-    // SAFETY: XYZ_IOC_COUNT writes one u64 through the pointer, which points
-    // at `n`, alive for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), XYZ_IOC_COUNT, &mut n as *mut u64) };
-    if r == 0 {
-        Ok(n)
-    } else {
-        Err(rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
-            .unwrap_or(rustix::io::Errno::IO))
-    }
-}
-
 fn open(path: &std::path::Path) -> rustix::io::Result<OwnedFd> {
     rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
 }
@@ -100,7 +83,7 @@ fn once(op: Op, fd: &OwnedFd, path: &std::path::Path) -> Result<(), String> {
             Ok(4) => Ok(()),
             r => Err(format!("write returned {r:?}")),
         },
-        Op::Ioctl => match ioctl_count(fd) {
+        Op::Ioctl => match crate::xyz_client::count(fd) {
             Ok(n) if n > 0 => Ok(()),
             r => Err(format!("ioctl returned {r:?}")),
         },

@@ -114,7 +114,7 @@ fn hammer(
 }
 
 fn ioctl_count(fd: &OwnedFd) -> rustix::io::Result<()> {
-    super::client::ioctl_count(fd).map(drop)
+    crate::xyz_client::count(fd).map(drop)
 }
 
 fn pread_u64(fd: &OwnedFd) -> rustix::io::Result<()> {

@@ -2,9 +2,9 @@
 //! device nodes until the deadline, reporting what they saw.
 
 use super::rng::Rng;
-use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_UNBIND_SELF, XYZ_IOC_WAIT};
+use crate::xyz_client as xyz;
 use devlife_gate::sync::lock;
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use std::collections::BTreeMap;
@@ -67,26 +67,6 @@ impl Tally {
     }
 }
 
-fn ioctl_count(fd: impl AsFd) -> Result<u64, Errno> {
-    // SAFETY: _IOR('X', 1, u64): the kernel writes 8 bytes into the Getter's u64.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Getter::<{ XYZ_IOC_COUNT.raw() }, u64>::new()) }
-}
-
-fn ioctl_hold(fd: impl AsFd, ms: u32) -> Result<(), Errno> {
-    // SAFETY: _IOW('X', 2, u32): the kernel reads 4 bytes from the Setter's u32.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Setter::<{ XYZ_IOC_HOLD.raw() }, u32>::new(ms)) }
-}
-
-fn ioctl_wait(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: _IO('X', 3): no argument memory.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_WAIT.raw() }>::new()) }
-}
-
-fn ioctl_unbind_self(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: _IO('X', 5): no argument memory.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_UNBIND_SELF.raw() }>::new()) }
-}
-
 fn one_op(fd: &OwnedFd, rng: &mut Rng, t: &Tally) {
     let mut buf = [0u8; 64];
     match rng.below(100) {
@@ -98,11 +78,11 @@ fn one_op(fd: &OwnedFd, rng: &mut Rng, t: &Tally) {
             let n = 1 + rng.below(64) as usize;
             t.result("write", rustix::io::write(fd, &buf[..n]).map(drop));
         }
-        50..=69 => t.result("count", ioctl_count(fd).map(drop)),
-        70..=79 => t.result("hold", ioctl_hold(fd, rng.below(MAX_HOLD_MS + 1) as u32)),
-        80..=84 => t.result("wait", ioctl_wait(fd)),
+        50..=69 => t.result("count", xyz::count(fd).map(drop)),
+        70..=79 => t.result("hold", xyz::hold(fd, rng.below(MAX_HOLD_MS + 1) as u32)),
+        80..=84 => t.result("wait", xyz::wait(fd)),
         // Rare: the device goes with it (the chaos thread brings it back).
-        85 if rng.pct(10) => t.result("unbind_self", ioctl_unbind_self(fd)),
+        85 if rng.pct(10) => t.result("unbind_self", xyz::unbind_self(fd)),
         _ => {
             use rustix::event::{PollFd, PollFlags, Timespec};
             let mut fds = [PollFd::new(fd, PollFlags::IN | PollFlags::OUT)];

@@ -1,9 +1,10 @@
 //! What the served-tree tests share: a `devlife serve` of their own on a
 //! fresh mount, and the system calls they make on it.
 
-#![allow(dead_code)] // each test crate uses part of it
+#![allow(dead_code, unused_imports)] // each test crate uses part of it
 
-use devlife_drivers::xyz::{XYZ_IOC_COUNT, XYZ_IOC_HOLD, XYZ_IOC_WAIT};
+/// The xyz ioctls, written once for every client (`devlife::xyz_client`).
+pub use devlife::xyz_client::{count, fifo_len, hold, reverse, wait as wait_ioctl};
 use devlife_gate::sync::lock;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
@@ -158,23 +159,6 @@ pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStat
         std::thread::sleep(Duration::from_millis(5)); // polling a child: not an outcome
     }
     None
-}
-
-pub fn count(fd: impl AsFd) -> Result<u64, Errno> {
-    // SAFETY: XYZ_IOC_COUNT is _IOR('X', 1, u64): the kernel writes 8 bytes
-    // into the `Getter`'s buffer, which is a u64.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Getter::<{ XYZ_IOC_COUNT.raw() }, u64>::new()) }
-}
-
-pub fn hold(fd: impl AsFd, ms: u32) -> Result<(), Errno> {
-    // SAFETY: XYZ_IOC_HOLD is _IOW('X', 2, u32): the kernel reads 4 bytes
-    // from the `Setter`'s u32.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::Setter::<{ XYZ_IOC_HOLD.raw() }, u32>::new(ms)) }
-}
-
-pub fn wait_ioctl(fd: impl AsFd) -> Result<(), Errno> {
-    // SAFETY: XYZ_IOC_WAIT is _IO('X', 3): no argument memory is touched.
-    unsafe { rustix::ioctl::ioctl(fd, rustix::ioctl::NoArg::<{ XYZ_IOC_WAIT.raw() }>::new()) }
 }
 
 pub fn read(fd: impl AsFd, n: usize) -> Result<Vec<u8>, Errno> {
