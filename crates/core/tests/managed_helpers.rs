@@ -51,7 +51,7 @@ fn delayed_work_runs_once_per_schedule_and_not_after_unbind() {
     let (r, s) = (runs.clone(), slot.clone());
     let (_sys, bus) = system_with(move |dev| {
         let r = r.clone();
-        let w = devm_delayed_work_autocancel(dev, "work", move || {
+        let w = devm_delayed_work_autocancel(dev, PENDING_WORK, move || {
             r.fetch_add(1, Ordering::SeqCst);
         })?;
         *s.lock().unwrap() = Some(w);
@@ -74,14 +74,37 @@ fn delayed_work_runs_once_per_schedule_and_not_after_unbind() {
     assert!(w.cancel());
     assert!(!w.cancel());
 
-    // Pending at unbind: cancelled; afterwards scheduling does nothing.
+    // Pending at unbind: cancelled, and the work's thread is gone when the
+    // unbind returns, so nothing is left that could run the item, however
+    // long one waited; afterwards scheduling does nothing.
+    assert_eq!(threads_named(PENDING_WORK), 1);
     assert!(w.schedule(GUARD));
     bus.unbind("d0", None).unwrap();
+    assert_eq!(threads_named(PENDING_WORK), 0, "the work's thread outlived the unbind");
     assert!(!w.is_pending());
     assert!(!w.schedule(Duration::ZERO));
     assert!(!w.modify(Duration::ZERO));
-    std::thread::sleep(Duration::from_millis(20));
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// The thread name of the work item above (unique in this test binary).
+const PENDING_WORK: &str = "mh-pending-work";
+
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// The scheduler state of thread `tid` of this process (`R`, `S`, `D`, ...;
+/// `None` once it has exited).
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // `pid (comm) state ...`: the comm may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 #[test]
@@ -103,16 +126,24 @@ fn unbind_waits_for_a_running_work_item() {
     });
     bus.add_device("d0", "helper").unwrap();
     entered_rx.recv_timeout(GUARD).unwrap();
+    let (tid_tx, tid_rx) = mpsc::channel();
     let unbinder = {
-        let bus = bus.clone();
-        std::thread::spawn(move || bus.unbind("d0", None).map(drop))
+        let (bus, done) = (bus.clone(), done.clone());
+        std::thread::spawn(move || {
+            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            bus.unbind("d0", None).unwrap();
+            // What the run had done when the unbind returned.
+            done.load(Ordering::SeqCst)
+        })
     };
-    // The unbind cannot complete while the work runs.
-    std::thread::sleep(Duration::from_millis(20));
-    assert!(!unbinder.is_finished());
+    let tid = tid_rx.recv_timeout(GUARD).unwrap();
+    // The unbind started (the device has no driver any more), and then
+    // either went to sleep waiting for the run or, if it did not wait,
+    // returned: only then is the run let go.
+    until("the unbind to start", || bus.device("d0").is_some_and(|d| d.driver_name().is_none()));
+    until("the unbind to wait or return", || matches!(thread_state(tid), Some('S') | None));
     go_tx.send(()).unwrap();
-    unbinder.join().unwrap().unwrap();
-    assert_eq!(done.load(Ordering::SeqCst), 1, "the unbind returned after the run ended");
+    assert_eq!(unbinder.join().unwrap(), 1, "the unbind returned only after the run ended");
 }
 
 #[test]
