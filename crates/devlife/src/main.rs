@@ -1,13 +1,23 @@
-//! `devlife`: the command-line front end.
+//! `devlife`: the command-line front end (`devlife help <command>` gives
+//! each command's options in full).
 //!
-//! * `devlife serve [--mount DIR] [--allow-other]`: the served tree.
-//! * `devlife torture [--seconds N] [--seed S] [--clients K] [--mount DIR]`.
+//! * `devlife serve [--mount DIR] [--allow-other] [--io-uring auto|on|off]
+//!   [--cuse] [--ungated] [--log FILTER]`: the served tree (sample drivers
+//!   `xyz` and `bench`) until SIGINT or SIGTERM.
+//! * `devlife torture [--seconds N] [--seed S] [--clients K] [--threads T]
+//!   [--mount DIR] [--io-uring ...] [--cuse] [--removal-bound-ms MS]`:
+//!   random clients, signals and removals, checking the guarantee.
+//! * `devlife leaks [--cycles N] [--warmup N] [--report-every N]
+//!   [--io-uring ...]`: bind/unbind cycles; memory and descriptors come back.
+//! * `devlife ioctls DRIVER [--format table|c|python]`: a driver's ioctl
+//!   numbers for client code.
 //! * `devlife bench gate [--quick] [--json]`: the gate against the usual
 //!   ways of counting in-flight operations.
-//! * `devlife bench fs [--quick] [--json]`: device-node operations, devlife
-//!   against libfuse and fuser servers.
-//! * `devlife bench unplug [--quick] [--json]`: removal with files open
-//!   and in use.
+//! * `devlife bench fs [--quick] [--json] [--reps N] [--ms MS]
+//!   [--plot-dir DIR] [--only NAMES]`: device-node operations, devlife
+//!   against libfuse and fuser servers, its floor and `/dev/zero`.
+//! * `devlife bench unplug [--quick] [--json] [--reps N] [--plot-dir DIR]`:
+//!   removal with files open and in use.
 //! * `devlife bench peers`: builds the peers `bench fs` compares with.
 
 use devlife::{bench, serve, torture};
