@@ -54,6 +54,38 @@ pub trait FileOperations: Send + Sync + Sized + 'static {
         Err(Errno::ENOTTY)
     }
 
+    /// Handles an ioctl from a 32-bit process on this 64-bit system (Linux
+    /// `compat_ioctl`; FUSE's `FUSE_IOCTL_COMPAT`). Its argument is laid out
+    /// as a 32-bit program lays it out: pointers and `long` are 4 bytes, and
+    /// a `u64` inside a struct is 4-byte aligned on i386.
+    ///
+    /// By default it fails `ENOTTY`, as a Linux driver without
+    /// `compat_ioctl` does: a handler written for 64-bit layouts never
+    /// misreads a 32-bit caller's memory. A driver whose every argument has
+    /// one layout in both (fixed-size fields, pointers carried in `u64`)
+    /// forwards to [`ioctl`](Self::ioctl), as Linux drivers do with
+    /// `compat_ptr_ioctl`:
+    ///
+    /// ```
+    /// # use devlife_core::*;
+    /// # struct Dev;
+    /// impl FileOperations for Dev {
+    ///     type File = ();
+    ///     fn open(&self, _cx: &OpCtx<'_>) -> KResult<()> { Ok(()) }
+    ///     fn ioctl(&self, _: &(), _cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+    ///         io.set_output(&7u64.to_ne_bytes())?;
+    ///         Ok(0)
+    ///     }
+    ///     fn compat_ioctl(&self, f: &(), cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+    ///         self.ioctl(f, cx, io) // a `u64` out: the same in both
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "compat_ptr_ioctl")]
+    fn compat_ioctl(&self, _file: &Self::File, _cx: &OpCtx<'_>, _io: &mut Ioctl<'_>) -> KResult<i64> {
+        Err(Errno::ENOTTY)
+    }
+
     /// Reports readiness, registering the wait queues whose wake-up may
     /// change it with [`PollTable::wait`] (Linux `poll_wait`).
     fn poll(&self, _file: &Self::File, _cx: &OpCtx<'_>, _pt: &PollTable<'_>) -> PollMask {

@@ -64,18 +64,8 @@ fn blocked<T: Send + 'static>(
     t
 }
 
-/// The C client, compiled once per test run.
 fn c_client() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = std::env::temp_dir().join(format!("devlife-xyz-client-{}", std::process::id()));
-            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuse/client.c");
-            let st = Command::new("cc").args(["-O1", "-Wall", "-o"]).arg(&out).arg(src).status().unwrap();
-            assert!(st.success(), "cc {src}");
-            out
-        })
-        .clone()
+    common::c_client(false).unwrap()
 }
 
 #[test]
@@ -325,4 +315,34 @@ fn racing_hot_plug_and_unplug_leave_no_stale_device() {
     let rdev = std::fs::metadata("/dev/xyz9").unwrap().rdev();
     let class = std::fs::read_to_string(s.p("sys/class/xyz/xyz9/dev")).unwrap();
     assert_eq!(class, format!("{}:{}\n", libc::major(rdev), libc::minor(rdev)));
+}
+
+/// Re-bind, unbind, re-bind with a descriptor of each earlier bind open and
+/// in use (CVE-2026-31606's shape), on the real `/dev/xyz0`: each bind is a
+/// new CUSE device, which no earlier descriptor reaches.
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn rebinding_never_reaches_descriptors_of_earlier_binds() {
+    let (_t, s) = serve();
+    let stale = common::Stale { errno: Errno::NOTCONN, poll: PollFlags::ERR };
+    common::rebind_with_earlier_descriptors_open(&s, || open_dev("xyz0"), &stale);
+}
+
+/// A 32-bit process's ioctls (`FUSE_IOCTL_COMPAT`) on the real `/dev/xyz0`:
+/// xyz's arguments have one layout for both, so its `compat_ioctl` is its
+/// `ioctl`, and the 32-bit C client's whole round (the tty-style
+/// `FIFO_LEN` and the pointer-following `REVERSE` among them) matches the
+/// 64-bit one's.
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn a_32_bit_client_gets_the_same_answers() {
+    let Some(c32) = common::c_client(true) else { return };
+    let (_t, _s) = serve();
+    let out32 = common::run_c_client(&c32, Path::new("/dev/xyz0"), "io");
+    let out64 = common::run_c_client(&c_client(), Path::new("/dev/xyz0"), "io");
+    // The count is the device's: the second client's is one more.
+    let strip = |o: &str| o.lines().filter(|l| !l.starts_with("count ")).collect::<Vec<_>>().join("\n");
+    assert_eq!(strip(&out32), strip(&out64), "32-bit:\n{out32}\n64-bit:\n{out64}");
+    assert!(out32.contains("reverse fedcba 6"), "{out32}");
+    assert!(out32.contains("count 1") && out64.contains("count 2"), "{out32}\n{out64}");
 }

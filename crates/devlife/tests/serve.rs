@@ -786,3 +786,30 @@ fn ioctls_only_a_character_device_can_carry_fail_eopnotsupp() {
     assert_eq!(&text, b"abc", "nothing changed");
     assert_eq!(count(&fd), Ok(1), "the device is unharmed");
 }
+
+/// Re-bind, unbind, re-bind with a descriptor of each earlier bind open and
+/// in use (CVE-2026-31606's shape): see `rebind_with_earlier_descriptors_open`.
+#[test]
+fn rebinding_never_reaches_descriptors_of_earlier_binds() {
+    let Some(s) = Server::start(&[]) else { return };
+    let open = || rustix::fs::open(s.p("dev/xyz0"), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
+    let stale =
+        Stale { errno: Errno::NODEV, poll: rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR };
+    rebind_with_earlier_descriptors_open(&s, open, &stale);
+}
+
+/// A 32-bit process's ioctl (`FUSE_IOCTL_COMPAT`) reaches the driver's
+/// `compat_ioctl`: xyz forwards it to `ioctl` (its layouts are the same for
+/// both), the `bench` driver has none, so a 32-bit caller gets `ENOTTY`
+/// there while a 64-bit one is answered, as in Linux.
+#[test]
+fn a_32_bit_callers_ioctl_reaches_compat_ioctl() {
+    let Some(c32) = c_client(true) else { return };
+    let c64 = c_client(false).unwrap();
+    let Some(s) = Server::start(&[]) else { return };
+    s.write("sys/bus/sim/new_device", "bench bench0").unwrap();
+    assert_eq!(run_c_client(&c32, &s.p("dev/xyz0"), "count"), "count 1");
+    assert_eq!(run_c_client(&c64, &s.p("dev/xyz0"), "count"), "count 2");
+    assert_eq!(run_c_client(&c32, &s.p("dev/bench0"), "count"), "count ENOTTY");
+    assert_eq!(run_c_client(&c64, &s.p("dev/bench0"), "count"), "count 1");
+}

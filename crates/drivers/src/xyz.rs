@@ -336,6 +336,14 @@ impl FileOperations for XyzIoctlDev {
         }
     }
 
+    /// Every xyz argument has one layout for 32- and 64-bit callers
+    /// (fixed-size fields; `struct xyz_buf` carries its pointer in a
+    /// `u64`, 16 bytes either way), so a 32-bit caller's ioctl is the same
+    /// call (Linux's `compat_ptr_ioctl`).
+    fn compat_ioctl(&self, f: &(), cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
+        self.ioctl(f, cx, io)
+    }
+
     fn poll(&self, _f: &(), _cx: &OpCtx<'_>, pt: &PollTable<'_>) -> PollMask {
         pt.wait(&self.ctx.readable);
         pt.wait(&self.ctx.writable);

@@ -52,8 +52,10 @@ pub(crate) fn file_ioctl(
     out: &mut Vec<u8>,
 ) -> Result<IoctlReply, Errno> {
     let cmd = IoctlCmd::from_raw(a.cmd);
+    // A 32-bit caller's ioctl reaches the driver's `compat_ioctl`.
     let r = if a.unrestricted {
-        match f.ioctl_unrestricted(cmd, a.arg, a.input, a.out_size as usize, out, caller).map_err(kerr)? {
+        let round = if a.compat { File::compat_ioctl_unrestricted } else { File::ioctl_unrestricted };
+        match round(f, cmd, a.arg, a.input, a.out_size as usize, out, caller).map_err(kerr)? {
             IoctlOutcome::Done(r) => r,
             IoctlOutcome::Fetch { input, output } => {
                 let v = |r: &UserRegion| IoVec { base: r.addr, len: r.len as u64 };
@@ -63,6 +65,8 @@ pub(crate) fn file_ioctl(
                 });
             }
         }
+    } else if a.compat {
+        f.compat_ioctl(cmd, a.arg, a.input, out, caller).map_err(kerr)?
     } else {
         f.ioctl(cmd, a.arg, a.input, out, caller).map_err(kerr)?
     };

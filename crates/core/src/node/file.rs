@@ -49,7 +49,11 @@ impl<F: FileOperations> FileDyn for OpenFile<F> {
         if n > data.len() { Err(Errno::EIO) } else { Ok(n) }
     }
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64> {
-        self.node.call(&self.state, caller, "ioctl", |ops, f, cx| ops.ioctl(f, cx, io))
+        if io.is_compat() {
+            self.node.call(&self.state, caller, "compat_ioctl", |ops, f, cx| ops.compat_ioctl(f, cx, io))
+        } else {
+            self.node.call(&self.state, caller, "ioctl", |ops, f, cx| ops.ioctl(f, cx, io))
+        }
     }
     fn ioctl_layout(&self, cmd: IoctlCmd) -> (IoctlLayout, bool) {
         IoctlLayout::of(cmd, F::IOCTL_LAYOUTS)
@@ -99,6 +103,32 @@ impl File {
         output: &mut Vec<u8>,
         caller: &Caller<'_>,
     ) -> KResult<i64> {
+        self.ioctl_as(false, cmd, arg, input, output, caller)
+    }
+
+    /// [`ioctl`](Self::ioctl) from a 32-bit process: reaches the driver's
+    /// [`compat_ioctl`](FileOperations::compat_ioctl) (`ENOTTY` unless it
+    /// has one, as in Linux).
+    pub fn compat_ioctl(
+        &self,
+        cmd: IoctlCmd,
+        arg: u64,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> KResult<i64> {
+        self.ioctl_as(true, cmd, arg, input, output, caller)
+    }
+
+    fn ioctl_as(
+        &self,
+        compat: bool,
+        cmd: IoctlCmd,
+        arg: u64,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> KResult<i64> {
         // A declared layout is one the restricted transport's kernel did
         // not copy: the argument cannot reach the driver.
         if self.inner.ioctl_layout(cmd).1 {
@@ -107,7 +137,9 @@ impl File {
         if input.len() != cmd.in_size() {
             return Err(Errno::EFAULT);
         }
-        self.inner.ioctl(&mut Ioctl::new(cmd, arg, input, output), caller)
+        let mut io = Ioctl::new(cmd, arg, input, output);
+        io.set_compat(compat);
+        self.inner.ioctl(&mut io, caller)
     }
 
     /// One round of an ioctl over a transport that fetches the caller's
@@ -125,8 +157,37 @@ impl File {
         output: &mut Vec<u8>,
         caller: &Caller<'_>,
     ) -> KResult<IoctlOutcome> {
+        self.ioctl_unrestricted_as(false, cmd, arg, fetched, out_room, output, caller)
+    }
+
+    /// [`ioctl_unrestricted`](Self::ioctl_unrestricted) from a 32-bit
+    /// process (see [`compat_ioctl`](Self::compat_ioctl)).
+    pub fn compat_ioctl_unrestricted(
+        &self,
+        cmd: IoctlCmd,
+        arg: u64,
+        fetched: &[u8],
+        out_room: usize,
+        output: &mut Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> KResult<IoctlOutcome> {
+        self.ioctl_unrestricted_as(true, cmd, arg, fetched, out_room, output, caller)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the public pair's arguments, and which of the two
+    fn ioctl_unrestricted_as(
+        &self,
+        compat: bool,
+        cmd: IoctlCmd,
+        arg: u64,
+        fetched: &[u8],
+        out_room: usize,
+        output: &mut Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> KResult<IoctlOutcome> {
         let (layout, _) = self.inner.ioctl_layout(cmd);
         crate::uaccess::ioctl_unrestricted(cmd, arg, layout, fetched, out_room, output, |io| {
+            io.set_compat(compat);
             self.inner.ioctl(io, caller)
         })
     }

@@ -18,6 +18,8 @@ pub struct Ioctl<'a> {
     output: &'a mut Vec<u8>,
     out_max: usize,
     reach: Reach<'a>,
+    /// From a 32-bit process ([`is_compat`](Self::is_compat)).
+    compat: bool,
 }
 
 impl<'a> Ioctl<'a> {
@@ -36,7 +38,20 @@ impl<'a> Ioctl<'a> {
         reach: Reach<'a>,
     ) -> Self {
         output.clear();
-        Ioctl { cmd, arg, input, output, out_max, reach }
+        Ioctl { cmd, arg, input, output, out_max, reach, compat: false }
+    }
+
+    /// Marks the call as a 32-bit process's (what reaches
+    /// [`FileOperations::compat_ioctl`](crate::FileOperations::compat_ioctl)).
+    pub(crate) fn set_compat(&mut self, compat: bool) {
+        self.compat = compat;
+    }
+
+    /// Whether the caller is a 32-bit process on this 64-bit system (Linux's
+    /// `in_compat_syscall()`): its pointers and `long`s are 4 bytes, so an
+    /// argument with either is laid out differently.
+    pub fn is_compat(&self) -> bool {
+        self.compat
     }
 
     pub(crate) fn take_named(self) -> Named {

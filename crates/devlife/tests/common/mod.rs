@@ -203,3 +203,108 @@ pub fn fuse_stats(s: &Server) -> std::collections::HashMap<String, String> {
     let t = std::fs::read_to_string(s.p("debug/devlife/fuse")).unwrap();
     t.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
+
+/// How a descriptor of an earlier binding answers (the transport decides:
+/// the FUSE tree answers `ENODEV` and `POLLHUP|POLLERR`; over CUSE the
+/// kernel answers once the channel is gone, `ENOTCONN` and `POLLERR`).
+pub struct Stale {
+    pub errno: Errno,
+    pub poll: rustix::event::PollFlags,
+}
+
+/// CVE-2026-31606's shape (USB gadget `f_hid`: a re-bind re-initialised a
+/// character device still open from the previous bind): `xyz0` is bound,
+/// unbound and re-bound twice while a descriptor from each earlier bind
+/// stays open and is used. Every earlier descriptor answers as `stale`
+/// says, never reaching a later binding; each binding's own descriptor
+/// sees only that binding's state (a fresh count, its own FIFO); closing
+/// the earlier ones leaves the current binding untouched.
+pub fn rebind_with_earlier_descriptors_open(
+    s: &Server,
+    open: impl Fn() -> Result<OwnedFd, Errno>,
+    stale: &Stale,
+) {
+    use rustix::event::PollFlags;
+    let reopen = || {
+        let mut fd = None;
+        until(|| {
+            fd = open().ok();
+            fd.is_some()
+        });
+        fd.unwrap()
+    };
+    let mut earlier: Vec<OwnedFd> = Vec::new();
+    for bind in 0..3 {
+        let fd = reopen();
+        // This binding's state is its own: a fresh count, an empty FIFO.
+        assert_eq!(count(&fd), Ok(1), "bind {bind}: a fresh binding's first count");
+        let msg = format!("bind{bind}");
+        assert_eq!(rustix::io::write(&fd, msg.as_bytes()), Ok(msg.len()), "bind {bind}: write");
+        for (i, old) in earlier.iter().enumerate() {
+            assert_eq!(count(old), Err(stale.errno), "bind {bind}: ioctl on bind {i}'s descriptor");
+            assert_eq!(read(old, 16), Err(stale.errno), "bind {bind}: read on bind {i}'s descriptor");
+            assert_eq!(
+                rustix::io::write(old, b"old"),
+                Err(stale.errno),
+                "bind {bind}: write on bind {i}'s descriptor"
+            );
+            assert_eq!(
+                poll_now(old, PollFlags::IN | PollFlags::OUT, 0),
+                stale.poll,
+                "bind {bind}: poll of bind {i}'s"
+            );
+        }
+        // What the earlier descriptors tried reached nothing here.
+        assert_eq!(read(&fd, 16).as_deref(), Ok(msg.as_bytes()), "bind {bind}: its own FIFO");
+        assert_eq!(count(&fd), Ok(2), "bind {bind}: only its own ioctls counted");
+        if bind < 2 {
+            s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
+            assert_eq!(count(&fd), Err(stale.errno), "bind {bind}: its descriptor after its unbind");
+            s.write("sys/bus/sim/drivers/xyz/bind", "xyz0").unwrap();
+        }
+        earlier.push(fd);
+    }
+    // Closing the earlier descriptors calls no driver code of the current
+    // binding: its descriptor goes on where it was.
+    let current = earlier.pop().unwrap();
+    drop(earlier);
+    assert_eq!(count(&current), Ok(3), "the current binding, after the earlier descriptors closed");
+}
+
+/// The C client (`tests/cuse/client.c`), compiled once per test binary:
+/// for 64 bits, or with `m32` for 32 (`gcc -m32`, Debian's `gcc-multilib`,
+/// which `scripts/setup` installs). `None` where 32-bit builds are not
+/// possible here (an error under `CI=true`).
+pub fn c_client(m32: bool) -> Option<PathBuf> {
+    static BUILT: [std::sync::OnceLock<Option<PathBuf>>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    BUILT[m32 as usize]
+        .get_or_init(|| {
+            let bits = if m32 { "32" } else { "64" };
+            let out = std::env::temp_dir().join(format!("devlife-xyz-client{bits}-{}", std::process::id()));
+            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuse/client.c");
+            let mut cc = Command::new("cc");
+            if m32 {
+                cc.arg("-m32");
+            }
+            let st =
+                cc.args(["-O1", "-Wall", "-o"]).arg(&out).arg(src).stderr(Stdio::null()).status().unwrap();
+            if !st.success() {
+                assert!(
+                    !m32 || std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true needs gcc -m32 (gcc-multilib)"
+                );
+                assert!(m32, "cc {src}");
+                eprintln!("skipped: no 32-bit C toolchain (gcc-multilib)");
+                return None;
+            }
+            Some(out)
+        })
+        .clone()
+}
+
+/// What the C client prints for `client DEV MODE` (its stdout, trimmed).
+pub fn run_c_client(client: &Path, dev: &Path, mode: &str) -> String {
+    let out = Command::new(client).arg(dev).arg(mode).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

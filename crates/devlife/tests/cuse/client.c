@@ -7,6 +7,10 @@
  *   client DEV read-eintr  a SIGINT handler without SA_RESTART, then a
  *                          read that blocks; prints "ready", then the
  *                          read's errno name
+ *   client DEV count       XYZ_IOC_COUNT once: "count N" or "count ERRNO"
+ *
+ * Built for 64 bits and, with `-m32`, for 32 (the tests of 32-bit callers'
+ * ioctls, FUSE_IOCTL_COMPAT): the header is the same for both.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +40,7 @@ static const char *errname(int e)
 	case ENODEV: return "ENODEV";
 	case ENOTCONN: return "ENOTCONN";
 	case ECONNABORTED: return "ECONNABORTED";
+	case ENOTTY: return "ENOTTY";
 	default: return strerror(e);
 	}
 }
@@ -79,12 +84,22 @@ static int read_eintr(int fd)
 	return 0;
 }
 
+static int count_once(int fd)
+{
+	uint64_t count = 0;
+
+	if (ioctl(fd, XYZ_IOC_COUNT, &count) < 0) printf("count %s\n", errname(errno));
+	else printf("count %llu\n", (unsigned long long)count);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 3) { fprintf(stderr, "usage: client DEV io|read-eintr\n"); return 2; }
+	if (argc != 3) { fprintf(stderr, "usage: client DEV io|read-eintr|count\n"); return 2; }
 	int fd = open(argv[1], O_RDWR);
 	if (fd < 0) { printf("open %s\n", errname(errno)); return 1; }
 	if (!strcmp(argv[2], "io")) return io(fd);
 	if (!strcmp(argv[2], "read-eintr")) return read_eintr(fd);
+	if (!strcmp(argv[2], "count")) return count_once(fd);
 	return 2;
 }
