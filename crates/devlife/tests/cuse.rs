@@ -332,12 +332,13 @@ fn rebinding_never_reaches_descriptors_of_earlier_binds() {
 /// xyz's arguments have one layout for both, so its `compat_ioctl` is its
 /// `ioctl`, and the 32-bit C client's whole round (the tty-style
 /// `FIFO_LEN` and the pointer-following `REVERSE` among them) matches the
-/// 64-bit one's.
+/// 64-bit one's; on `/dev/bench0`, whose driver has no `compat_ioctl`, a
+/// 32-bit caller gets `ENOTTY`.
 #[test]
 #[ignore = "needs CUSE: run by scripts/vm-test"]
 fn a_32_bit_client_gets_the_same_answers() {
     let Some(c32) = common::c_client(true) else { return };
-    let (_t, _s) = serve();
+    let (_t, s) = serve();
     let out32 = common::run_c_client(&c32, Path::new("/dev/xyz0"), "io");
     let out64 = common::run_c_client(&c_client(), Path::new("/dev/xyz0"), "io");
     // The count is the device's: the second client's is one more.
@@ -345,4 +346,9 @@ fn a_32_bit_client_gets_the_same_answers() {
     assert_eq!(strip(&out32), strip(&out64), "32-bit:\n{out32}\n64-bit:\n{out64}");
     assert!(out32.contains("reverse fedcba 6"), "{out32}");
     assert!(out32.contains("count 1") && out64.contains("count 2"), "{out32}\n{out64}");
+    // The `bench` driver has no `compat_ioctl`: ENOTTY for 32 bits only.
+    s.write("sys/bus/sim/new_device", "bench bench0").unwrap();
+    until(|| !gone("bench0"));
+    assert_eq!(common::run_c_client(&c32, Path::new("/dev/bench0"), "count"), "count ENOTTY");
+    assert_eq!(common::run_c_client(&c_client(), Path::new("/dev/bench0"), "count"), "count 1");
 }
