@@ -18,6 +18,9 @@
 //!   against libfuse and fuser servers, its floor and `/dev/zero`.
 //! * `devlife bench unplug [--quick] [--json] [--reps N] [--plot-dir DIR]`:
 //!   removal with files open and in use.
+//! * `devlife bench blocked [--quick] [--json] [--readers N,...]`: clients
+//!   blocked in `read`: the server's threads and memory per blocked
+//!   request, a stats read meanwhile, unbind to the last `ENODEV`.
 //! * `devlife bench peers`: builds the peers `bench fs` compares with.
 
 use devlife::{bench, serve, torture};
@@ -73,6 +76,10 @@ enum BenchCmd {
     /// Unbind with 1 to 10,000 open files in use, a blocked reader, rebind;
     /// a debugfs directory of 1,000 open files.
     Unplug(bench::unplug::UnplugOpts),
+    /// N client threads blocked in `read` of an xyz node: the server's
+    /// threads and memory per blocked request, a stats read while they
+    /// wait, and unbind to the last reader's ENODEV.
+    Blocked(bench::blocked::BlockedOpts),
     /// Builds the libfuse and fuser peers of `bench fs` (it builds them on
     /// demand too).
     Peers,
@@ -82,6 +89,9 @@ enum BenchCmd {
     /// The floor server of `bench fs` (started by it).
     #[command(hide = true)]
     FloorServer(bench::floor::FloorOpts),
+    /// One client process of `bench blocked` (started by it).
+    #[command(hide = true)]
+    BlockedClient(bench::blocked::ClientOpts),
 }
 
 /// Restarts the process with glibc's per-thread malloc caches switched
@@ -154,6 +164,10 @@ fn main() -> ExitCode {
         Cmd::Bench { which: BenchCmd::Gate(o) } => bench::gate::run(&o),
         Cmd::Bench { which: BenchCmd::Fs(o) } => return ExitCode::from(bench::fs::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Unplug(o) } => return ExitCode::from(bench::unplug::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::Blocked(o) } => return ExitCode::from(bench::blocked::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::BlockedClient(o) } => {
+            return ExitCode::from(bench::blocked::client(&o) as u8);
+        }
         Cmd::Bench { which: BenchCmd::FsClient(o) } => return ExitCode::from(bench::client::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::FloorServer(o) } => {
             return ExitCode::from(bench::floor::serve(&o) as u8);

@@ -1,6 +1,7 @@
 //! Benchmarks: each measures what its name says, on this machine, and
 //! prints a table or (`--json`) one JSON object per line.
 
+pub mod blocked;
 pub mod client;
 pub mod floor;
 pub mod fs;
