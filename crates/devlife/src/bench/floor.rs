@@ -149,7 +149,7 @@ fn run(dir: &Path) -> Result<(), String> {
         stats: stats.clone(),
     };
     let session = Session::start_with_stats(fd, fs, config, stats).map_err(|e| format!("handshake: {e}"))?;
-    eprintln!("floor-server: {:?}", session.transport());
+    eprintln!("floor-server: {}", session.transport());
     println!("ready {}", m.dir().display());
     let _ = std::io::stdout().flush();
     let _ = signals.forever().next();
