@@ -35,14 +35,15 @@ fn answer(
 ) -> KResult<()> {
     r.map_err(|e| {
         let input = String::from_utf8_lossy(&data[..data.len().min(name::CONTROL_MAX)]);
+        let reason = e.to_string();
         let errno = match e {
-            Refused::Input(ref c) => Errno::from(c.clone()),
-            Refused::Act(ref a) => to_errno(a.clone()),
+            Refused::Input(c) => Errno::from(c),
+            Refused::Act(a) => to_errno(a),
         };
         tracing::info!(
             file = format_args!("sys/bus/{}/{file}", bus.name()),
             input = ?input.trim_end_matches('\n'),
-            reason = %e,
+            reason = %reason,
             errno = %errno,
             "control write refused"
         );

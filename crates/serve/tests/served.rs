@@ -137,11 +137,7 @@ fn a_blocked_reader_is_woken_by_data_then_by_unbind() {
     until_inside(&sys);
     write(&server, "sys/bus/platform/drivers/bell/unbind", "bell0").unwrap();
     assert!(!server.mount_path().join("dev/bell0").exists(), "dev/bell0 outlived its unbind");
-    assert_eq!(reader.join().unwrap(), Err(Some(libc_enodev())));
-}
-
-fn libc_enodev() -> i32 {
-    devlife_core::Errno::ENODEV.raw()
+    assert_eq!(reader.join().unwrap(), Err(Some(devlife_core::Errno::ENODEV.raw())));
 }
 
 /// `Options::fsname` names the mount; the default is `devlife`.

@@ -24,7 +24,7 @@
 //! client thread, and with today's blocking handlers a server thread too
 //! (`pid_max` is 32,768 here, so 100,000 cannot run).
 
-use super::{Row, V, machine, percentile};
+use super::{Row, V, machine, percentile, raise_nofile, timed_write};
 use rustix::fs::{Mode, OFlags};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -129,18 +129,10 @@ fn inflight(mnt: &Path) -> Result<u64, String> {
         .ok_or_else(|| "no inflight_ops in debug/devlife/stats".into())
 }
 
-fn write_ctl(path: &Path, text: &str) -> Result<Duration, String> {
-    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let t = Instant::now();
-    rustix::io::write(&fd, text.as_bytes()).map_err(|e| format!("{} < {text}: {e}", path.display()))?;
-    Ok(t.elapsed())
-}
-
 /// One measurement with `n` blocked readers.
 fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
     let name = "blk0";
-    write_ctl(&mnt.join("sys/bus/sim/new_device"), &format!("xyz {name}"))?;
+    timed_write(&mnt.join("sys/bus/sim/new_device"), &format!("xyz {name}"))?;
     let node = mnt.join("dev").join(name);
     let (threads0, rss0) = (status(pid, "Threads:")?, status(pid, "VmRSS:")?);
     let mut clients: Vec<(Child, BufReader<std::process::ChildStdout>)> = Vec::new();
@@ -184,7 +176,7 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
 
     let ctl = mnt.join("sys/bus/sim/drivers/xyz/unbind");
     let t0 = mono_ns();
-    let unbind = write_ctl(&ctl, name)?;
+    let unbind = timed_write(&ctl, name)?;
     let mut last = 0u64;
     for (mut c, mut out) in clients {
         let mut line = String::new();
@@ -197,7 +189,7 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
         }
         last = last.max(at);
     }
-    write_ctl(&mnt.join("sys/bus/sim/delete_device"), name)?;
+    timed_write(&mnt.join("sys/bus/sim/delete_device"), name)?;
     Ok(Row(vec![
         ("bench", V::S("blocked".into())),
         ("handlers", V::S("blocking".into())),
@@ -210,16 +202,6 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
         ("unbind_ms", V::F(unbind.as_secs_f64() * 1e3)),
         ("unbind_to_last_enodev_ms", V::F(last.saturating_sub(t0) as f64 / 1e6)),
     ]))
-}
-
-/// Raises the soft descriptor limit to the hard one.
-fn raise_nofile() {
-    if let Ok(l) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.ok_or(()) {
-        let _ = rustix::process::setrlimit(
-            rustix::process::Resource::Nofile,
-            rustix::process::Rlimit { current: Some(l), maximum: Some(l) },
-        );
-    }
 }
 
 /// `devlife bench blocked`. Returns the exit status.
@@ -239,7 +221,8 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
         ([], false) => vec![1000, 10_000],
         (s, _) => s.to_vec(),
     };
-    raise_nofile();
+    // Each client process opens one descriptor per thread.
+    raise_nofile(THREADS_PER_CLIENT as u64 + 64)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let base = std::env::temp_dir().join(format!("devlife-blocked-{}", std::process::id()));
     let server =

@@ -11,7 +11,11 @@ pub mod plot;
 pub mod servers;
 pub mod unplug;
 
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags};
 use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Options every benchmark takes.
 #[derive(clap::Args, Debug, Clone, Copy)]
@@ -113,4 +117,35 @@ pub fn rusage_text() -> String {
         return String::new();
     }
     format!("voluntary_switches {}\ninvoluntary_switches {}\n", ru.ru_nvcsw, ru.ru_nivcsw)
+}
+
+/// Opens `path` (close-on-exec), the error naming the path.
+pub fn open(path: &Path, flags: OFlags) -> Result<OwnedFd, String> {
+    rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `text` to control file `path`; returns how long the write took
+/// (the open is not counted).
+pub fn timed_write(path: &Path, text: &str) -> Result<Duration, String> {
+    let fd = open(path, OFlags::WRONLY)?;
+    let t = Instant::now();
+    rustix::io::write(&fd, text.as_bytes()).map_err(|e| format!("{} < {text}: {e}", path.display()))?;
+    Ok(t.elapsed())
+}
+
+/// Raises the soft descriptor limit to at least `need` (up to the hard
+/// limit; an error if that is lower).
+pub fn raise_nofile(need: u64) -> Result<(), String> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    let hard = l.maximum.unwrap_or(u64::MAX);
+    if l.current.is_some_and(|c| c >= need) {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(format!("RLIMIT_NOFILE hard limit {hard} < {need}"));
+    }
+    l.current = Some(hard.min(1 << 20));
+    setrlimit(Resource::Nofile, l).map_err(|e| format!("setrlimit: {e}"))
 }

@@ -13,9 +13,9 @@
 //! And the same removal of a `bench` device whose debugfs directory holds
 //! 1,000 files, all of them open, two threads hammering reads on them.
 
-use super::{Row, V, machine, percentile};
+use super::{Row, V, machine, open, percentile, raise_nofile, timed_write};
 use rustix::fd::OwnedFd;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::OFlags;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,35 +41,6 @@ const OPEN_FILES: [usize; 3] = [1, 100, 10_000];
 const HAMMERS: usize = 2;
 /// Files of the debugfs directory.
 const DEBUGFS_FILES: usize = 1_000;
-
-fn open(path: &Path, flags: OFlags) -> Result<OwnedFd, String> {
-    rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Writes `text` to control file `path`; returns how long the write took
-/// (the open is not counted).
-fn timed_write(path: &Path, text: &str) -> Result<Duration, String> {
-    let fd = open(path, OFlags::WRONLY)?;
-    let t = Instant::now();
-    rustix::io::write(&fd, text.as_bytes()).map_err(|e| format!("{} < {text}: {e}", path.display()))?;
-    Ok(t.elapsed())
-}
-
-/// Raises the soft descriptor limit to the hard one (10,000 files open).
-fn raise_nofile(need: u64) -> Result<(), String> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut l = getrlimit(Resource::Nofile);
-    let hard = l.maximum.unwrap_or(u64::MAX);
-    if l.current.is_some_and(|c| c >= need) {
-        return Ok(());
-    }
-    if hard < need {
-        return Err(format!("RLIMIT_NOFILE hard limit {hard} < {need}"));
-    }
-    l.current = Some(hard.min(1 << 20));
-    setrlimit(Resource::Nofile, l).map_err(|e| format!("setrlimit: {e}"))
-}
 
 /// Whether thread `tid` of this process sleeps in a FUSE request.
 fn in_fuse_wait(tid: i32) -> bool {
