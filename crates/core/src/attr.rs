@@ -135,6 +135,7 @@ fn create(
         binding,
         sys.inner.stats.clone(),
         sys.inner.gated,
+        None,
     );
     {
         let mut attrs = lock(&dev.inner.attrs);

@@ -2,11 +2,12 @@
 //! [`devm_cdev_device_add`] the `cdev: Generic shutdown handling` thread
 //! proposed.
 
+use crate::afops::AsyncFileOperations;
 use crate::chrdev::DevT;
 use crate::device::Bound;
 use crate::errno::NodeKind;
 use crate::fops::FileOperations;
-use crate::node::{Node, NodeDyn, NodeRef, Removed};
+use crate::node::{AsyncOps, Node, NodeDyn, NodeRef, Removed};
 use crate::system::{DevNode, System};
 use crate::{Error, Result};
 use devlife_gate::sync::lock;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 /// (Linux `struct cdev`).
 pub struct Cdev<F: FileOperations> {
     ops: F,
+    asyncs: Option<AsyncOps<F>>,
 }
 
 impl<F: FileOperations> Cdev<F> {
@@ -24,7 +26,18 @@ impl<F: FileOperations> Cdev<F> {
     /// open file was released.
     #[doc(alias = "cdev_init")]
     pub fn new(ops: F) -> Self {
-        Cdev { ops }
+        Cdev { ops, asyncs: None }
+    }
+}
+
+impl<F: AsyncFileOperations> Cdev<F> {
+    /// A character device whose `read`, `write` and `ioctl` are the
+    /// futures of [`AsyncFileOperations`]: a request that waits holds no
+    /// server thread. The object is dropped when the device is removed,
+    /// after every handler has returned, every pending future was dropped
+    /// and every open file was released.
+    pub fn new_async(ops: F) -> Self {
+        Cdev { ops, asyncs: Some(AsyncOps::of()) }
     }
 }
 
@@ -152,6 +165,7 @@ pub(crate) fn add<F: FileOperations>(
         binding,
         sys.inner.stats.clone(),
         sys.inner.gated,
+        cdev.asyncs,
     );
     {
         let mut reg = lock(&sys.inner.devnodes);

@@ -142,7 +142,7 @@ impl Dentry {
     pub fn create_file<F: FileOperations>(&self, name: &str, mode: u32, ops: F) -> Result<Dentry> {
         let sys = self.0.sys.upgrade().ok_or(Error::Detached)?;
         let node: Arc<dyn NodeDyn> =
-            Node::new(ops, NodeKind::Debugfs, name.to_owned(), None, sys.stats.clone(), sys.gated);
+            Node::new(ops, NodeKind::Debugfs, name.to_owned(), None, sys.stats.clone(), sys.gated, None);
         let d = self.insert(name, Kind::File { node: node.clone(), mode: mode & 0o7777 })?;
         crate::System::from_inner(sys).track(&node);
         Ok(d)

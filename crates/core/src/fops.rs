@@ -233,8 +233,10 @@ pub struct Caller<'a> {
     /// `O_NONBLOCK`: handlers return `EAGAIN` instead of sleeping.
     pub nonblock: bool,
     /// A per-request cancel source: fired by a signal (FUSE `INTERRUPT`),
-    /// it makes the operation's cancellable waits return `EINTR`.
-    pub interrupt: Option<&'a CancelSource>,
+    /// it makes the operation's cancellable waits return `EINTR`, and drops
+    /// a pending async operation's future (answered `EINTR`). Shared: a
+    /// pending operation keeps it after its first poll.
+    pub interrupt: Option<&'a Arc<CancelSource>>,
 }
 
 /// The former name of [`OpCtx`].
@@ -265,7 +267,7 @@ impl<'a> OpCtx<'a> {
         let mut sources = [(obj, Cancelled::Removed); 3];
         let mut n = 1;
         for s in
-            [file.map(|f| (f, Cancelled::Removed)), caller.interrupt.map(|i| (i, Cancelled::Interrupted))]
+            [file.map(|f| (f, Cancelled::Removed)), caller.interrupt.map(|i| (&**i, Cancelled::Interrupted))]
                 .into_iter()
                 .flatten()
         {
@@ -320,7 +322,7 @@ impl<'a> OpCtx<'a> {
     /// Whether the caller was interrupted (for handlers that poll for it
     /// between steps of work they cannot sleep in).
     pub fn interrupted(&self) -> bool {
-        self.caller.interrupt.is_some_and(CancelSource::is_cancelled)
+        self.caller.interrupt.is_some_and(|i| i.is_cancelled())
     }
 }
 

@@ -118,6 +118,7 @@
 //! framework just works: `devm_cdev_device_add(dev, ...)?`. The codes a
 //! removed object answers with are chosen there too ([`NodeKind`]).
 
+pub mod afops;
 pub mod attr;
 pub mod bus;
 mod cdev;
@@ -129,6 +130,7 @@ pub mod driver;
 mod epoch;
 pub mod errno;
 mod error;
+pub mod exec;
 pub mod fops;
 mod id;
 pub mod ioctl;
@@ -144,6 +146,7 @@ pub mod text;
 pub mod uaccess;
 pub mod work;
 
+pub use afops::{AsyncCtx, AsyncFileOperations, ReadBuf};
 pub use attr::{DeviceAttribute, devm_device_create_file};
 pub use bus::{Bus, Unbound};
 pub use cdev::{Cdev, CdevRegistration, DeviceNode, cdev_device_add, devm_cdev_device_add};
@@ -159,7 +162,7 @@ pub use fops::{
 pub use ioctl::{IoctlCmd, IoctlDef, IoctlFormat, ioctl_table};
 pub use kthread::{KthreadStop, devm_kthread_run};
 pub use misc::{MiscDeviceOptions, MiscRegistration, devm_misc_register, misc_register};
-pub use node::{File, NodeRef, Removed};
+pub use node::{File, IoctlCall, IoctlDone, NodeRef, Pending, Removed, Started};
 pub use panic::quiet_handler_panics;
 pub use system::{Change, DevNode, System, WeakSystem};
 pub use uaccess::{IoctlLayout, IoctlOutcome, UserOut, UserRegion};

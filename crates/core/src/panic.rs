@@ -61,3 +61,22 @@ pub fn quiet_handler_panics() {
         }
     }));
 }
+
+/// Polls an async handler's future (operation `what` of `node`), turning a
+/// panic into `EIO`, as [`catch`] does for a blocking handler.
+pub(crate) fn catch_poll<T>(
+    node: &str,
+    stats: &Stats,
+    what: &str,
+    fut: std::pin::Pin<&mut (dyn std::future::Future<Output = KResult<T>> + Send)>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<KResult<T>> {
+    let _depth = InHandler::enter();
+    catch_unwind(AssertUnwindSafe(|| fut.poll(cx))).unwrap_or_else(|p| {
+        let msg =
+            p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
+        tracing::error!(node, op = what, panic = msg.unwrap_or("<non-string payload>"), "handler panicked");
+        stats.panicked();
+        std::task::Poll::Ready(Err(Errno::EIO))
+    })
+}

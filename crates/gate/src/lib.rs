@@ -45,9 +45,13 @@ mod primitive;
 mod registry;
 mod revocable;
 pub mod sync;
+mod task;
 mod wait;
+mod wait_until;
 
 pub use gate::{DrainError, Gate, Guard, Holder, SendGuard, Stuck};
 pub use mutex::{CancellableMutex, CancellableMutexGuard};
 pub use revocable::{Revocable, RevocableGuard};
+pub use task::{BoxFuture, TaskCell, WakerWake};
 pub use wait::{CancelSource, Cancelled, Event, WaitQueue, Wake, wait_event};
+pub use wait_until::WaitUntil;

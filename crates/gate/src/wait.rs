@@ -11,6 +11,7 @@
 
 use crate::gate::Guard;
 use crate::primitive::{AtomicBool, Condvar, Mutex, Ordering, lock};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,7 +109,10 @@ pub struct WaitQueue {
 #[derive(Default)]
 struct Entries {
     sleepers: Vec<Arc<dyn Wake>>,
-    once: Vec<(u64, Arc<dyn Wake>)>,
+    /// One-shot entries by key: a replacement or a removal (a dropped
+    /// future's, [`WaitUntil`]) costs a lookup, not a scan, with thousands
+    /// of pending futures on one queue.
+    once: BTreeMap<u64, Arc<dyn Wake>>,
 }
 
 impl WaitQueue {
@@ -128,7 +132,7 @@ impl WaitQueue {
             std::mem::take(&mut e.once)
         };
         // Detached under the lock, called outside it.
-        for (_, w) in once {
+        for w in once.into_values() {
             w.wake();
         }
     }
@@ -137,12 +141,9 @@ impl WaitQueue {
     /// An entry with the same `key` already queued is replaced, so repeated
     /// polls of one file do not grow the queue.
     pub fn subscribe_once(&self, key: u64, w: Arc<dyn Wake>) {
-        let mut e = lock(&self.inner);
-        if let Some(slot) = e.once.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = w;
-        } else {
-            e.once.push((key, w));
-        }
+        let old = lock(&self.inner).once.insert(key, w);
+        // A replaced entry is dropped outside the lock.
+        drop(old);
     }
 
     /// How many threads are asleep on this queue (a snapshot, for
@@ -153,7 +154,8 @@ impl WaitQueue {
 
     /// Removes the one-shot entry with `key`, if queued.
     pub fn unsubscribe(&self, key: u64) {
-        lock(&self.inner).once.retain(|(k, _)| *k != key);
+        let old = lock(&self.inner).once.remove(&key);
+        drop(old);
     }
 
     pub(crate) fn add(&self, w: Arc<dyn Wake>) {
@@ -242,6 +244,20 @@ impl CancelSource {
     /// Whether the source has fired.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Registers `w` to be woken when the source fires; returns `false`
+    /// (and registers nothing) if it has fired already. For a pending
+    /// future, which cannot sleep in [`wait_event`]: an interrupt then
+    /// reaches it through `w` ([`unsubscribe`](Self::unsubscribe) when it
+    /// no longer cares).
+    pub fn subscribe(&self, w: &Arc<dyn Wake>) -> bool {
+        self.add(w)
+    }
+
+    /// Removes `w`, registered by [`subscribe`](Self::subscribe).
+    pub fn unsubscribe(&self, w: &Arc<dyn Wake>) {
+        self.remove(w)
     }
 
     /// Registers `w`; returns `false` (and does not register) if the source

@@ -240,3 +240,118 @@ impl Drop for UnsafeCellBox {
         self.0.with_mut(|d| unsafe { *d = 0 });
     }
 }
+
+/// A future that borrows `Protected::data`: every poll and its drop read
+/// it, and each counts itself, so the model sees both ordered before the
+/// remover's "free".
+struct Borrowing {
+    p: Arc<Protected>,
+    polls: Arc<AtomicUsize>,
+    ready_after: usize,
+}
+
+impl std::future::Future for Borrowing {
+    type Output = usize;
+    fn poll(mut self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<usize> {
+        // SAFETY (test): the protocol under test orders this before the free.
+        let v = self.p.data.with(|d| unsafe { *d });
+        assert_eq!(v, 1, "a future was polled after its data was freed");
+        let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.ready_after = self.ready_after.saturating_sub(1);
+        if self.ready_after == 0 { std::task::Poll::Ready(n) } else { std::task::Poll::Pending }
+    }
+}
+
+impl Drop for Borrowing {
+    fn drop(&mut self) {
+        // SAFETY (test): as for `poll`.
+        let v = self.p.data.with(|d| unsafe { *d });
+        assert_eq!(v, 1, "a future was dropped after its data was freed");
+    }
+}
+
+/// The removal protocol for futures (`TaskCell`): an executor thread polls
+/// a pending future inside the gate while the remover kills, drains,
+/// cancels and frees. In every schedule no poll and no drop of the future
+/// comes after the free, the future ends exactly once (completed by the
+/// poll or cancelled by the sweep), and nothing polls it after the sweep.
+#[test]
+fn removal_drops_every_future_before_the_free_and_ends_each_once() {
+    use devlife_gate::TaskCell;
+    model(|| {
+        let p = Arc::new(Protected { gate: Gate::new(), data: UnsafeCell::new(1) });
+        let polls = Arc::new(AtomicUsize::new(0));
+        let cell = Arc::new(TaskCell::new(Box::pin(Borrowing {
+            p: p.clone(),
+            polls: polls.clone(),
+            ready_after: 2,
+        })));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let exec = {
+            let (p, cell, completed) = (p.clone(), cell.clone(), completed.clone());
+            thread::spawn(move || {
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                // Two wake-ups: the second poll completes it.
+                for _ in 0..2 {
+                    if let Some(std::task::Poll::Ready(_)) =
+                        cell.poll_with(|| p.gate.try_enter(), |f| f.poll(&mut cx))
+                    {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        p.gate.kill_and_drain().unwrap();
+        let cancelled = cell.cancel();
+        let polled_at_sweep = polls.load(Ordering::SeqCst);
+        // "Free": after the sweep.
+        p.data.with_mut(|d| unsafe { *d = 0 });
+        exec.join().unwrap();
+        assert_eq!(usize::from(cancelled) + completed.load(Ordering::SeqCst), 1, "ended exactly once");
+        assert_eq!(polls.load(Ordering::SeqCst), polled_at_sweep, "polled after the sweep");
+        assert!(cell.is_ended());
+    });
+}
+
+/// An interrupt (a second canceller) racing the executor and the removal:
+/// still one end, and the drop before the free.
+#[test]
+fn an_interrupt_racing_removal_and_poll_ends_the_future_once() {
+    use devlife_gate::TaskCell;
+    model(|| {
+        let p = Arc::new(Protected { gate: Gate::new(), data: UnsafeCell::new(1) });
+        let polls = Arc::new(AtomicUsize::new(0));
+        let cell = Arc::new(TaskCell::new(Box::pin(Borrowing { p: p.clone(), polls, ready_after: 1 })));
+        let ends = Arc::new(AtomicUsize::new(0));
+        let exec = {
+            let (p, cell, ends) = (p.clone(), cell.clone(), ends.clone());
+            thread::spawn(move || {
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if let Some(std::task::Poll::Ready(_)) =
+                    cell.poll_with(|| p.gate.try_enter(), |f| f.poll(&mut cx))
+                {
+                    ends.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let intr = {
+            let (cell, ends) = (cell.clone(), ends.clone());
+            thread::spawn(move || {
+                if cell.cancel() {
+                    ends.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        p.gate.kill_and_drain().unwrap();
+        if cell.cancel() {
+            ends.fetch_add(1, Ordering::SeqCst);
+        }
+        // Not joined first: an interrupt that took the future dropped it
+        // under the cell's lock, which the sweep's cancel took after it.
+        p.data.with_mut(|d| unsafe { *d = 0 });
+        intr.join().unwrap();
+        exec.join().unwrap();
+        assert_eq!(ends.load(Ordering::SeqCst), 1, "ended exactly once");
+    });
+}

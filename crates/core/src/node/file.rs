@@ -2,13 +2,16 @@
 //! driver's release run exactly once (Linux's `struct file` and its
 //! `f_op`).
 
+use super::aops::{IoctlCall, IoctlDone};
+use super::task::{Pending, Started};
 use super::{Node, OpenState};
 use crate::errno::{Errno, NodeKind};
 use crate::fops::{Caller, FileOperations, Ioctl, KResult, Llseek, PollMask};
 use crate::ioctl::IoctlCmd;
 use crate::uaccess::{IoctlLayout, IoctlOutcome};
+use devlife_gate::sync::lock;
 use devlife_gate::{Event, Wake};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// An open file: the handle a transport keeps per open descriptor.
@@ -22,9 +25,11 @@ pub struct File {
 
 trait FileDyn: Send + Sync {
     fn read(&self, buf: &mut [u8], offset: u64, caller: &Caller<'_>) -> KResult<usize>;
+    fn start_read(&self, buf: Vec<u8>, len: usize, offset: u64, caller: &Caller<'_>) -> Started<Vec<u8>>;
+    fn start_write(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> Started<usize>;
+    fn start_ioctl(&self, call: IoctlCall<'_>, output: Vec<u8>, caller: &Caller<'_>) -> Started<IoctlDone>;
     fn write(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> KResult<usize>;
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64>;
-    fn ioctl_layout(&self, cmd: IoctlCmd) -> (IoctlLayout, bool);
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask;
     fn flush(&self, caller: &Caller<'_>) -> KResult<()>;
     fn has_flush(&self) -> bool;
@@ -40,13 +45,78 @@ struct OpenFile<F: FileOperations> {
 
 impl<F: FileOperations> FileDyn for OpenFile<F> {
     fn read(&self, buf: &mut [u8], offset: u64, caller: &Caller<'_>) -> KResult<usize> {
+        if self.node.asyncs.is_some() {
+            let data = wait(self.start_read(Vec::new(), buf.len(), offset, caller))?;
+            buf[..data.len()].copy_from_slice(&data);
+            return Ok(data.len());
+        }
         let n = self.node.call(&self.state, caller, "read", |ops, f, cx| ops.read(f, cx, buf, offset))?;
         // A driver claiming more than the buffer holds is a driver bug.
         if n > buf.len() { Err(Errno::EIO) } else { Ok(n) }
     }
+    fn start_read(&self, mut buf: Vec<u8>, len: usize, offset: u64, caller: &Caller<'_>) -> Started<Vec<u8>> {
+        if let Some(a) = &self.node.asyncs {
+            return (a.read)(&self.node, &self.state, caller, buf, len, offset);
+        }
+        buf.resize(len, 0);
+        Started::Done(self.read(&mut buf, offset, caller).map(|n| {
+            buf.truncate(n);
+            buf
+        }))
+    }
     fn write(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> KResult<usize> {
+        if self.node.asyncs.is_some() {
+            return wait(self.start_write(data, offset, caller));
+        }
         let n = self.node.call(&self.state, caller, "write", |ops, f, cx| ops.write(f, cx, data, offset))?;
         if n > data.len() { Err(Errno::EIO) } else { Ok(n) }
+    }
+    fn start_write(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> Started<usize> {
+        match &self.node.asyncs {
+            Some(a) => (a.write)(&self.node, &self.state, caller, data, offset),
+            None => Started::Done(self.write(data, offset, caller)),
+        }
+    }
+    fn start_ioctl(
+        &self,
+        call: IoctlCall<'_>,
+        mut output: Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> Started<IoctlDone> {
+        let (layout, declared) = IoctlLayout::of(call.cmd, F::IOCTL_LAYOUTS);
+        if call.unrestricted.is_none() {
+            // A declared layout is one the restricted transport's kernel did
+            // not copy: the argument cannot reach the driver.
+            if declared {
+                return Started::Done(Err(Errno::EOPNOTSUPP));
+            }
+            if call.input.len() != call.cmd.in_size() {
+                return Started::Done(Err(Errno::EFAULT));
+            }
+        }
+        if let Some(a) = &self.node.asyncs {
+            return (a.ioctl)(&self.node, &self.state, caller, call, layout, output);
+        }
+        let outcome = match call.unrestricted {
+            None => {
+                let mut io = Ioctl::new(call.cmd, call.arg, call.input, &mut output);
+                io.set_compat(call.compat);
+                self.ioctl(&mut io, caller).map(IoctlOutcome::Done)
+            }
+            Some(out_room) => crate::uaccess::ioctl_unrestricted(
+                call.cmd,
+                call.arg,
+                layout,
+                call.input,
+                out_room,
+                &mut output,
+                |io| {
+                    io.set_compat(call.compat);
+                    self.ioctl(io, caller)
+                },
+            ),
+        };
+        Started::Done(outcome.map(|outcome| IoctlDone { outcome, output }))
     }
     fn ioctl(&self, io: &mut Ioctl<'_>, caller: &Caller<'_>) -> KResult<i64> {
         if io.is_compat() {
@@ -54,9 +124,6 @@ impl<F: FileOperations> FileDyn for OpenFile<F> {
         } else {
             self.node.call(&self.state, caller, "ioctl", |ops, f, cx| ops.ioctl(f, cx, io))
         }
-    }
-    fn ioctl_layout(&self, cmd: IoctlCmd) -> (IoctlLayout, bool) {
-        IoctlLayout::of(cmd, F::IOCTL_LAYOUTS)
     }
     fn poll(&self, caller: &Caller<'_>, waker: Option<&Arc<dyn Wake>>) -> PollMask {
         self.node.poll(&self.state, caller, waker)
@@ -129,17 +196,14 @@ impl File {
         output: &mut Vec<u8>,
         caller: &Caller<'_>,
     ) -> KResult<i64> {
-        // A declared layout is one the restricted transport's kernel did
-        // not copy: the argument cannot reach the driver.
-        if self.inner.ioctl_layout(cmd).1 {
-            return Err(Errno::EOPNOTSUPP);
+        let call = IoctlCall { compat, cmd, arg, input, unrestricted: None };
+        let done = wait(self.inner.start_ioctl(call, std::mem::take(output), caller))?;
+        *output = done.output;
+        match done.outcome {
+            IoctlOutcome::Done(r) => Ok(r),
+            // A restricted call names no memory to fetch.
+            IoctlOutcome::Fetch { .. } => Err(Errno::EIO),
         }
-        if input.len() != cmd.in_size() {
-            return Err(Errno::EFAULT);
-        }
-        let mut io = Ioctl::new(cmd, arg, input, output);
-        io.set_compat(compat);
-        self.inner.ioctl(&mut io, caller)
     }
 
     /// One round of an ioctl over a transport that fetches the caller's
@@ -185,11 +249,36 @@ impl File {
         output: &mut Vec<u8>,
         caller: &Caller<'_>,
     ) -> KResult<IoctlOutcome> {
-        let (layout, _) = self.inner.ioctl_layout(cmd);
-        crate::uaccess::ioctl_unrestricted(cmd, arg, layout, fetched, out_room, output, |io| {
-            io.set_compat(compat);
-            self.inner.ioctl(io, caller)
-        })
+        let call = IoctlCall { compat, cmd, arg, input: fetched, unrestricted: Some(out_room) };
+        let done = wait(self.inner.start_ioctl(call, std::mem::take(output), caller))?;
+        *output = done.output;
+        Ok(done.outcome)
+    }
+
+    /// Starts a read of up to `len` bytes at `offset`, in `buf`'s
+    /// allocation where it can: the data, now or (from a driver's async
+    /// read that waits) later, through the [`Pending`] handle. For a
+    /// transport that must not hold a thread per waiting request.
+    pub fn read_start(&self, buf: Vec<u8>, len: usize, offset: u64, caller: &Caller<'_>) -> Started<Vec<u8>> {
+        self.inner.start_read(buf, len, offset, caller)
+    }
+
+    /// Starts a write of `data` at `offset` (see [`read_start`](Self::read_start)).
+    pub fn write_start(&self, data: &[u8], offset: u64, caller: &Caller<'_>) -> Started<usize> {
+        self.inner.start_write(data, offset, caller)
+    }
+
+    /// Starts an ioctl (see [`read_start`](Self::read_start)), its output
+    /// in `output`'s allocation where it can: the restricted form of
+    /// [`ioctl`](Self::ioctl) and [`compat_ioctl`](Self::compat_ioctl), or
+    /// one unrestricted round, as `call` says.
+    pub fn ioctl_start(
+        &self,
+        call: IoctlCall<'_>,
+        output: Vec<u8>,
+        caller: &Caller<'_>,
+    ) -> Started<IoctlDone> {
+        self.inner.start_ioctl(call, output, caller)
     }
 
     /// One round of poll: the current readiness, registering `waker` to be
@@ -241,6 +330,28 @@ impl File {
     /// What kind of object the file belongs to.
     pub fn kind(&self) -> NodeKind {
         self.inner.kind()
+    }
+}
+
+/// Blocks the calling thread until `s` has its result (a blocking caller
+/// of an async operation: the core's own tests, tools).
+fn wait<T: Send + 'static>(s: Started<T>) -> KResult<T> {
+    let p = match s {
+        Started::Done(r) => return r,
+        Started::Pending(p) => p,
+    };
+    let slot = Arc::new((Mutex::new(None), Condvar::new()));
+    let done = slot.clone();
+    Pending::on_complete(p, move |r| {
+        *lock(&done.0) = Some(r);
+        done.1.notify_all();
+    });
+    let mut g = lock(&slot.0);
+    loop {
+        if let Some(r) = g.take() {
+            return r;
+        }
+        g = devlife_gate::sync::wait(&slot.1, g);
     }
 }
 

@@ -31,13 +31,18 @@
 //! keeps its own gate, which orders its release after the operations
 //! running on it, as the kernel's file reference count does.
 
+mod aops;
 mod file;
 mod noderef;
 mod ops;
+mod task;
 
+pub(crate) use aops::AsyncOps;
+pub use aops::{IoctlCall, IoctlDone};
 pub use file::File;
 pub(crate) use noderef::NodeDyn;
 pub use noderef::NodeRef;
+pub use task::{Pending, Started};
 
 use crate::epoch::{Epoch, HandlerScope};
 use crate::errno::{Errno, NodeKind};
@@ -74,6 +79,8 @@ pub(crate) struct Node<F: FileOperations> {
     /// poller that registered as the flag was read is not lost.
     polled: AtomicBool,
     stats: Arc<Stats>,
+    /// The driver's async operations, if it was registered with them.
+    asyncs: Option<AsyncOps<F>>,
     removal: Mutex<Removal>,
     removed: Condvar,
 }
@@ -93,6 +100,8 @@ struct OpenState<F: FileOperations> {
     private: Revocable<F::File>,
     /// The last poller of this file, woken when the node is removed.
     poller: Mutex<Option<Arc<dyn Wake>>>,
+    /// The file's pending async operations, by task id.
+    pending: Mutex<BTreeMap<u64, Arc<dyn task::Cancel>>>,
 }
 
 /// How a removal ended.
@@ -115,6 +124,7 @@ impl<F: FileOperations> Node<F> {
         binding: Option<Arc<Epoch>>,
         stats: Arc<Stats>,
         gated: bool,
+        asyncs: Option<AsyncOps<F>>,
     ) -> Arc<Self> {
         Arc::new(Node {
             id: crate::id::next(),
@@ -127,6 +137,7 @@ impl<F: FileOperations> Node<F> {
             files: Mutex::new(BTreeMap::new()),
             polled: AtomicBool::new(false),
             stats,
+            asyncs,
             removal: Mutex::new(Removal::Live),
             removed: Condvar::new(),
         })
@@ -151,6 +162,7 @@ impl<F: FileOperations> Node<F> {
             // every handler of the file.
             private: Revocable::new_shared(private),
             poller: Mutex::new(None),
+            pending: Mutex::new(BTreeMap::new()),
         });
         // Inserted while still inside the gate: a removal's rundown (which
         // drains first) is guaranteed to find this file.
@@ -218,7 +230,11 @@ impl<F: FileOperations> Node<F> {
         let _scope = HandlerScope::enter(self.binding.as_deref(), &self.stats, &self.name);
         // Waits for requests still running on this file (a transport may
         // release while an interrupted request finishes); their cancellable
-        // waits fail at once.
+        // waits fail at once. Pending futures are dropped after the drain
+        // (no poll runs) and before the take (they borrow the state).
+        st.private.gate().kill();
+        let _ = st.private.gate().drain();
+        self.sweep(st);
         if let (_, Some(private)) = st.private.revoke_take() {
             let _ = self.catch("release", || {
                 ops.release(private);
@@ -227,6 +243,16 @@ impl<F: FileOperations> Node<F> {
             self.stats.released();
         }
         lock(&self.files).remove(&st.id);
+    }
+
+    /// Ends every pending async operation of `st` with the removal code,
+    /// each future dropped before this returns (see [`crate::afops`]).
+    /// Detached under the lock, cancelled outside it.
+    fn sweep(&self, st: &OpenState<F>) {
+        let pending = std::mem::take(&mut *lock(&st.pending));
+        for t in pending.into_values() {
+            t.cancel(self.kind.op_after_removal());
+        }
     }
 
     fn wake_pollers(&self) {
@@ -253,7 +279,13 @@ impl<F: FileOperations> Node<F> {
         self.ops.gate().kill();
         self.wake_pollers();
         let Ops::Gated(ops) = &self.ops else {
-            // See "Ungated nodes": no drain, no rundown, and `ops` stays.
+            // See "Ungated nodes": no drain, no rundown, and `ops` stays;
+            // pending futures end now (each cancel waits for a poll in
+            // progress), as the waits of blocking handlers are woken.
+            let files: Vec<_> = lock(&self.files).values().cloned().collect();
+            for st in &files {
+                self.sweep(st);
+            }
             *lock(&self.removal) = Removal::Done;
             self.removed.notify_all();
             return Removed::Complete;
@@ -303,9 +335,14 @@ impl<F: FileOperations> Node<F> {
                 "removal waits for handlers still running (not in a cancellable wait)"
             );
         }
-        // Drains: every handler has returned when this returns.
-        let (_, ops) = ops.revoke_take();
+        // Every handler and every poll has returned: the pending futures
+        // are dropped now, before the operations they borrow.
+        let _ = ops.gate().drain();
         let files: Vec<_> = std::mem::take(&mut *lock(&self.files)).into_values().collect();
+        for st in &files {
+            self.sweep(st);
+        }
+        let (_, ops) = ops.revoke_take();
         if let Some(ops) = ops {
             // No handler runs now, but a transport may still be inside a
             // file's own gate (a release waiting for an interrupted request);

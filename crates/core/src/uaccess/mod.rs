@@ -238,54 +238,110 @@ pub(crate) fn ioctl_unrestricted(
     call: impl FnOnce(&mut Ioctl<'_>) -> KResult<i64>,
 ) -> KResult<IoctlOutcome> {
     output.clear();
-    let (base_in, base_out) = (layout.in_size(), layout.out_size());
-    let base = |extra_in: &[UserRegion], extra_out: &[UserRegion]| {
-        let region = |len| (len > 0).then_some(UserRegion { addr: arg, len });
-        IoctlOutcome::Fetch {
-            input: region(base_in).into_iter().chain(extra_in.iter().copied()).collect(),
-            output: region(base_out).into_iter().chain(extra_out.iter().copied()).collect(),
-        }
-    };
-    // A declared layout may name more than one request carries.
-    if base_in > IOCTL_MEM_MAX || base_out > IOCTL_MEM_MAX {
-        return Err(Errno::ENOMEM);
-    }
-    // The first round: the argument itself, before the handler sees anything.
-    if fetched.len() < base_in || out_room < base_out {
-        return Ok(base(&[], &[]));
-    }
-    let (input, rest) = fetched.split_at(base_in);
-    let reach = Reach {
-        unrestricted: true,
-        fetched: rest,
-        out_room: out_room - base_out,
-        base: (base_in, base_out),
-        ..Reach::default()
+    let round = match Round::prepare(arg, layout, fetched.len(), out_room) {
+        Ok(round) => round,
+        Err(early) => return early,
     };
     let mut handler_out = Vec::new();
-    let mut io = Ioctl::with_reach(cmd, arg, input, &mut handler_out, base_out, reach);
+    let mut io = round.ioctl(cmd, arg, fetched, &mut handler_out);
     let r = call(&mut io);
     let named = io.take_named();
-    if named.missing {
-        return Ok(base(&named.ins, &named.outs));
-    }
-    let r = r?;
-    *output = handler_out;
-    if !named.outs.is_empty() {
-        // Later regions follow the argument's whole size: pad what the
-        // handler left unwritten with what the caller had there (its
-        // input, for a read-write argument), else zeros, as a kernel
-        // driver's full-struct copy_to_user would.
-        let written = output.len();
-        if written < base_out {
-            let pad =
-                input.get(written..base_out).map_or_else(|| vec![0; base_out - written], <[u8]>::to_vec);
-            output.extend_from_slice(&pad);
+    round.finish(named, r, &fetched[..round.base_in], handler_out, output)
+}
+
+/// One round of an unrestricted ioctl, between the checks made before the
+/// handler runs and the outcome made of what it did (the blocking and the
+/// async paths share both).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Round {
+    arg: u64,
+    pub(crate) base_in: usize,
+    base_out: usize,
+    out_room: usize,
+}
+
+impl Round {
+    /// The checks before the handler: `Err` is the round's outcome already
+    /// (a limit, or the argument itself to fetch first).
+    pub(crate) fn prepare(
+        arg: u64,
+        layout: IoctlLayout,
+        fetched: usize,
+        out_room: usize,
+    ) -> Result<Round, KResult<IoctlOutcome>> {
+        let round = Round { arg, base_in: layout.in_size(), base_out: layout.out_size(), out_room };
+        // A declared layout may name more than one request carries.
+        if round.base_in > IOCTL_MEM_MAX || round.base_out > IOCTL_MEM_MAX {
+            return Err(Err(Errno::ENOMEM));
         }
-        for (region, data) in named.outs.iter().zip(&named.out_data) {
-            output.extend_from_slice(data);
-            output.resize(output.len() + region.len - data.len(), 0);
+        // The first round: the argument itself, before the handler sees anything.
+        if fetched < round.base_in || out_room < round.base_out {
+            return Err(Ok(round.fetch(&[], &[])));
+        }
+        Ok(round)
+    }
+
+    /// The regions to fetch: the argument's, then `extra_*`.
+    fn fetch(&self, extra_in: &[UserRegion], extra_out: &[UserRegion]) -> IoctlOutcome {
+        let region = |len| (len > 0).then_some(UserRegion { addr: self.arg, len });
+        IoctlOutcome::Fetch {
+            input: region(self.base_in).into_iter().chain(extra_in.iter().copied()).collect(),
+            output: region(self.base_out).into_iter().chain(extra_out.iter().copied()).collect(),
         }
     }
-    Ok(IoctlOutcome::Done(r))
+
+    /// The handler's arguments: `fetched` as [`prepare`](Self::prepare)
+    /// accepted it, the output into `handler_out`.
+    pub(crate) fn ioctl<'a>(
+        &self,
+        cmd: IoctlCmd,
+        arg: u64,
+        fetched: &'a [u8],
+        handler_out: &'a mut Vec<u8>,
+    ) -> Ioctl<'a> {
+        let (input, rest) = fetched.split_at(self.base_in);
+        let reach = Reach {
+            unrestricted: true,
+            fetched: rest,
+            out_room: self.out_room - self.base_out,
+            base: (self.base_in, self.base_out),
+            ..Reach::default()
+        };
+        Ioctl::with_reach(cmd, arg, input, handler_out, self.base_out, reach)
+    }
+
+    /// The round's outcome from what the handler named and returned; the
+    /// output (`handler_out`, then every written region) goes to `output`.
+    pub(crate) fn finish(
+        &self,
+        named: Named,
+        r: KResult<i64>,
+        input: &[u8],
+        handler_out: Vec<u8>,
+        output: &mut Vec<u8>,
+    ) -> KResult<IoctlOutcome> {
+        if named.missing {
+            return Ok(self.fetch(&named.ins, &named.outs));
+        }
+        let r = r?;
+        *output = handler_out;
+        let base_out = self.base_out;
+        if !named.outs.is_empty() {
+            // Later regions follow the argument's whole size: pad what the
+            // handler left unwritten with what the caller had there (its
+            // input, for a read-write argument), else zeros, as a kernel
+            // driver's full-struct copy_to_user would.
+            let written = output.len();
+            if written < base_out {
+                let pad =
+                    input.get(written..base_out).map_or_else(|| vec![0; base_out - written], <[u8]>::to_vec);
+                output.extend_from_slice(&pad);
+            }
+            for (region, data) in named.outs.iter().zip(&named.out_data) {
+                output.extend_from_slice(data);
+                output.resize(output.len() + region.len - data.len(), 0);
+            }
+        }
+        Ok(IoctlOutcome::Done(r))
+    }
 }
