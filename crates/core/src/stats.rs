@@ -23,6 +23,9 @@ pub struct StatsSnapshot {
     pub open_files: u64,
     /// Handlers running right now, over every registered object.
     pub inflight_ops: u64,
+    /// Async operations waiting right now (futures pending, no thread
+    /// inside a handler), over every registered object.
+    pub pending_ops: u64,
     /// Handler panics caught (each answered `EIO`).
     pub panics: u64,
     /// Handlers that started after their binding's removal returned
@@ -43,7 +46,7 @@ impl Stats {
     pub(crate) fn panicked(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn snapshot(&self, inflight_ops: u64) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, inflight_ops: u64, pending_ops: u64) -> StatsSnapshot {
         // Releases first: a release is counted after its open, so this order
         // never shows more releases than opens.
         let releases = self.releases.load(Ordering::Acquire);
@@ -53,6 +56,7 @@ impl Stats {
             releases,
             open_files: opens.saturating_sub(releases),
             inflight_ops,
+            pending_ops,
             panics: self.panics.load(Ordering::Relaxed),
             violations: self.violations.load(Ordering::Relaxed),
         }
@@ -63,8 +67,14 @@ impl StatsSnapshot {
     /// The `name value` lines of `debug/devlife/stats`.
     pub fn render(&self) -> String {
         format!(
-            "opens {}\nreleases {}\nopen_files {}\ninflight_ops {}\npanics {}\nviolations {}\n",
-            self.opens, self.releases, self.open_files, self.inflight_ops, self.panics, self.violations
+            "opens {}\nreleases {}\nopen_files {}\ninflight_ops {}\npending_ops {}\npanics {}\nviolations {}\n",
+            self.opens,
+            self.releases,
+            self.open_files,
+            self.inflight_ops,
+            self.pending_ops,
+            self.panics,
+            self.violations
         )
     }
 }

@@ -274,12 +274,14 @@ impl System {
 
     /// The framework's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        let inflight = {
+        let nodes: Vec<_> = {
             let mut nodes = lock(&self.inner.nodes);
             nodes.retain(|n| n.strong_count() > 0);
-            nodes.iter().filter_map(Weak::upgrade).map(|n| n.inside() as u64).sum()
+            nodes.iter().filter_map(Weak::upgrade).collect()
         };
-        self.inner.stats.snapshot(inflight)
+        let inflight = nodes.iter().map(|n| n.inside() as u64).sum();
+        let pending = nodes.iter().map(|n| n.pending() as u64).sum();
+        self.inner.stats.snapshot(inflight, pending)
     }
 
     pub(crate) fn track(&self, node: &Arc<dyn NodeDyn>) {

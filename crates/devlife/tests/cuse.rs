@@ -163,7 +163,7 @@ fn unbind_wakes_blocked_callers_drains_handlers_and_removes_the_node() {
         let fd = fd.clone();
         std::thread::spawn(move || common::hold(&*fd, 3000))
     };
-    until(|| s.stat_line("inflight_ops") >= 3);
+    until(|| s.busy() >= 3);
     s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
     // The unbind returned: every caller is out, with the FUSE tree's answers.
     assert_eq!(reader.join().unwrap(), Err(Errno::NODEV));
@@ -171,7 +171,7 @@ fn unbind_wakes_blocked_callers_drains_handlers_and_removes_the_node() {
     let revents = poller.join().unwrap();
     assert!(revents.contains(PollFlags::HUP | PollFlags::ERR), "{revents:?}");
     assert_eq!(holder.join().unwrap(), Ok(()), "the busy handler finished before the unbind returned");
-    assert_eq!(s.stat_line("inflight_ops"), 0);
+    assert_eq!(s.busy(), 0);
     // The node is gone; the old descriptor reaches nothing (the kernel's
     // answer once the channel is closed).
     assert!(gone("xyz0"), "the unbind returned after the node was removed");

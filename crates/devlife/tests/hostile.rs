@@ -96,7 +96,7 @@ fn concurrent_self_unbind_from_eight_handlers_returns_everywhere() {
             }
         });
         drop(fds);
-        until(|| s.stat_line("inflight_ops") == 0 && !s.p("dev/u0").exists());
+        until(|| s.busy() == 0 && !s.p("dev/u0").exists());
         // The device can be bound again and deleted: nothing hangs.
         guarded("bind after self-unbind", {
             let p = s.p("sys/bus/sim/drivers/xyz/bind");
@@ -157,7 +157,7 @@ fn a_private_mapping_neither_takes_data_nor_wedges_the_node() {
     assert_eq!(st.signal(), Some(libc::SIGBUS), "{st:?}");
     let p = s.p("dev/xyz0");
     guarded("open after the mapping", move || open_at(&p, OFlags::RDWR).map(drop)).unwrap();
-    assert_eq!(s.stat_line("inflight_ops"), 0, "no read of the fault is left in the server");
+    assert_eq!(s.busy(), 0, "no read of the fault is left in the server");
     // sendfile(2) from a node would go through the page cache too: it
     // fails (the kernel refuses a stream's splice, or the server the
     // page-cache read), and takes nothing.
@@ -214,7 +214,7 @@ fn blocked_callers_on_one_cpu_never_starve_it() {
         if let Ok(r) = done_rx.try_recv() {
             panic!("a reader returned before the removal: {r:?}");
         }
-        s.stat_line("inflight_ops") >= READERS as u64
+        s.busy() >= READERS as u64
     });
     // From CPU 0, with every reader blocked: the framework's files, a stat,
     // and the removal that frees the readers.
@@ -404,7 +404,7 @@ fn removal_racing_removal_over_the_mount() {
             let a = a.clone();
             std::thread::spawn(move || read(&*a, 8))
         };
-        until(|| s.stat_line("inflight_ops") >= 1);
+        until(|| s.busy() >= 1);
         let go = Arc::new(Barrier::new(5));
         let mut racers = Vec::new();
         for (file, text) in [
@@ -432,7 +432,7 @@ fn removal_racing_removal_over_the_mount() {
             reader.join().unwrap()
         })
         .expect_err("the reader was freed by the removal");
-        until(|| s.stat_line("inflight_ops") == 0);
+        until(|| s.busy() == 0);
     }
     until(|| s.stat_line("open_files") == 1);
     assert_eq!(s.stat_line("violations"), 0);

@@ -45,7 +45,7 @@ fn tree_layout() {
         Path::new("../../drivers/xyz")
     );
     let stats = std::fs::read_to_string(s.p("debug/devlife/stats")).unwrap();
-    for k in ["opens ", "releases ", "open_files ", "inflight_ops "] {
+    for k in ["opens ", "releases ", "open_files ", "inflight_ops ", "pending_ops "] {
         assert!(stats.lines().any(|l| l.starts_with(k)), "{k} in {stats}");
     }
     let fd = s.open("dev/xyz0");
@@ -102,10 +102,10 @@ fn unbind_waits_for_a_hold_and_wakes_sleepers() {
         let fd = s.open("dev/xyz0");
         std::thread::spawn(move || wait_ioctl(&fd))
     };
-    until(|| s.stat_line("inflight_ops") >= 3);
+    until(|| s.busy() >= 3);
     s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
     // The unbind returned: every handler of the binding has left.
-    assert_eq!(s.stat_line("inflight_ops"), 0);
+    assert_eq!(s.busy(), 0);
     assert_eq!(holder.join().unwrap(), Ok(()), "a running handler completes");
     assert_eq!(reader.join().unwrap(), Err(Errno::NODEV));
     assert_eq!(waiter.join().unwrap(), Err(Errno::NODEV));
@@ -137,9 +137,9 @@ fn signals_free_clients_blocked_in_read_and_wait() {
         (wait.as_str(), rustix::process::Signal::INT, -2),
         (wait.as_str(), rustix::process::Signal::KILL, -9),
     ] {
-        let before = s.stat_line("inflight_ops");
+        let before = s.busy();
         let mut c = python_blocked(&s, code);
-        until(|| s.stat_line("inflight_ops") > before);
+        until(|| s.busy() > before);
         let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
         let st = wait_timeout(&mut c, Duration::from_secs(30))
@@ -147,7 +147,7 @@ fn signals_free_clients_blocked_in_read_and_wait() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal().map(|x| -x), Some(expect), "{code}: {st:?}");
     }
-    until(|| s.stat_line("inflight_ops") == 0);
+    until(|| s.busy() == 0);
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn more_blocked_readers_than_workers() {
             std::thread::spawn(move || read(&fd, 1))
         })
         .collect();
-    until(|| s.stat_line("inflight_ops") == 24);
+    until(|| s.busy() == 24);
     // Unrelated requests are still served.
     let fd = s.open("dev/xyz0");
     assert_eq!(count(&fd), Ok(1));
@@ -196,9 +196,10 @@ fn transport_under_test_carries_the_requests() {
 #[test]
 fn one_cpu_more_blocked_readers_than_workers_then_a_writer() {
     // Every client on one CPU: over io_uring all of them use that CPU's
-    // queue, whose workers block one by one in reads; the queue must grow,
-    // and the write that frees the readers must get through a queue all of
-    // whose first workers are blocked.
+    // queue, whose entries are held one by one by reads that wait (async:
+    // deferred, no thread each); the queue must grow its entries, and the
+    // write that frees the readers must get through a queue all of whose
+    // first entries are held.
     let Some(s) = Server::start(&[]) else { return };
     const N: usize = 12;
     let readers: Vec<_> = (0..N)
@@ -210,13 +211,15 @@ fn one_cpu_more_blocked_readers_than_workers_then_a_writer() {
             })
         })
         .collect();
-    until(|| s.stat_line("inflight_ops") == N as u64);
+    until(|| s.busy() == N as u64);
     if std::env::var("DEVLIFE_TEST_TRANSPORT").as_deref() == Ok("io-uring") {
-        // While the readers block (once they are freed, the queue gives
-        // its idle workers back).
+        // While the readers wait: entries, not threads.
         let st = fuse_stats(&s);
-        assert!(st["ring_workers"].parse::<usize>().unwrap() > N, "the queue grew: {st:?}");
+        let queues = st["ring_queues"].parse::<usize>().unwrap();
+        assert!(st["ring_entries"].parse::<usize>().unwrap() > N, "the queue grew: {st:?}");
         assert!(st["ring_kicks"].parse::<u64>().unwrap() > 0, "and kicked itself: {st:?}");
+        assert!(st["ring_workers"].parse::<usize>().unwrap() < N + queues, "no thread per reader: {st:?}");
+        assert_eq!(st["deferred"].parse::<usize>().unwrap(), N, "{st:?}");
     }
     let w = s.open("dev/xyz1");
     let writer = std::thread::spawn(move || {
@@ -251,7 +254,7 @@ fn a_busy_handler_does_not_hold_up_its_cpu() {
             r
         })
     };
-    until(|| s.stat_line("inflight_ops") >= 1);
+    until(|| s.busy() >= 1);
     let fd = s.open("dev/xyz1");
     let counter = std::thread::spawn(move || {
         pin(0);
@@ -711,7 +714,7 @@ fn server_killed_while_clients_are_blocked() {
         let fd = s.open("dev/xyz1");
         std::thread::spawn(move || wait_ioctl(&fd))
     };
-    until(|| s.stat_line("inflight_ops") >= 2);
+    until(|| s.busy() >= 2);
     s.signal(rustix::process::Signal::KILL);
     let _ = s.child.wait();
     // The connection is gone: blocked callers fail at once, nothing hangs.
@@ -770,7 +773,7 @@ fn a_removal_held_up_by_a_handler_says_so() {
     let Some(s) = Server::start(&["--log", "warn"]) else { return };
     let fd = s.open("dev/xyz0");
     let holder = std::thread::spawn(move || hold(&fd, 1500));
-    until(|| s.stat_line("inflight_ops") == 1);
+    until(|| s.busy() == 1);
     s.write("sys/bus/sim/drivers/xyz/unbind", "xyz0").unwrap();
     assert_eq!(holder.join().unwrap(), Ok(()), "the hold ran to its end");
     until(|| s.stderr.lock().unwrap().lines().any(|l| l.contains("WARN") && l.contains("removal waits")));

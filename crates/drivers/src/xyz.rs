@@ -38,8 +38,10 @@
 //!   the `len` bytes (at most [`REVERSE_MAX`]) at `addr` in the caller's
 //!   memory in place and sets `done`: a pointer followed (over CUSE; over
 //!   FUSE `EOPNOTSUPP`);
-//! * `write` appends to the FIFO, blocking while it is full; `read` takes
-//!   from it, blocking while it is empty (`EAGAIN` with `O_NONBLOCK`);
+//! * `write` appends to the FIFO, waiting while it is full; `read` takes
+//!   from it, waiting while it is empty (`EAGAIN` with `O_NONBLOCK`): both,
+//!   and `XYZ_IOC_WAIT`, are async handlers ([`AsyncFileOperations`]),
+//!   whose waits hold no server thread;
 //!   `poll` reports `POLLIN` when not empty, `POLLOUT` when not full.
 
 use devlife_core::debugfs::{Dentry, devm_create_dir};
@@ -48,8 +50,9 @@ use devlife_core::gate::sync::lock;
 use devlife_core::gate::{CancellableMutex, WaitQueue};
 use devlife_core::ioctl::Dir;
 use devlife_core::{
-    Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, IoctlLayout,
-    System, Unbound, WeakDevice, devm_cdev_device_add, devm_device_create_file,
+    AsyncCtx, AsyncFileOperations, Bound, Cdev, ChrdevRegion, DeviceAttribute, DeviceNode, Driver, Errno,
+    IoctlCmd, IoctlDef, IoctlLayout, ReadBuf, System, Unbound, WeakDevice, devm_cdev_device_add,
+    devm_device_create_file,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -225,58 +228,6 @@ impl FileOperations for XyzIoctlDev {
         Ok(())
     }
 
-    fn read(&self, _f: &(), cx: &OpCtx<'_>, buf: &mut [u8], _off: u64) -> KResult<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let ctx = &self.ctx;
-        loop {
-            {
-                let mut fifo = lock(&ctx.fifo);
-                if !fifo.is_empty() {
-                    let n = buf.len().min(fifo.len());
-                    for (dst, src) in buf.iter_mut().zip(fifo.drain(..n)) {
-                        *dst = src;
-                    }
-                    drop(fifo);
-                    ctx.writable.wake_all();
-                    return Ok(n);
-                }
-            }
-            if cx.nonblock() {
-                return Err(Errno::EAGAIN);
-            }
-            cx.wait_event(&ctx.readable, || !lock(&ctx.fifo).is_empty())?;
-        }
-    }
-
-    fn write(&self, _f: &(), cx: &OpCtx<'_>, data: &[u8], _off: u64) -> KResult<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        let ctx = &self.ctx;
-        loop {
-            {
-                let mut fifo = lock(&ctx.fifo);
-                let room = FIFO_SIZE - fifo.len();
-                if room > 0 {
-                    let n = room.min(data.len());
-                    if ctx.faults.fail_alloc.load(Ordering::Relaxed) || fifo.try_reserve(n).is_err() {
-                        return Err(Errno::ENOMEM);
-                    }
-                    fifo.extend(&data[..n]);
-                    drop(fifo);
-                    ctx.readable.wake_all();
-                    return Ok(n);
-                }
-            }
-            if cx.nonblock() {
-                return Err(Errno::EAGAIN);
-            }
-            cx.wait_event(&ctx.writable, || lock(&ctx.fifo).len() < FIFO_SIZE)?;
-        }
-    }
-
     fn ioctl(&self, _f: &(), cx: &OpCtx<'_>, io: &mut Ioctl<'_>) -> KResult<i64> {
         let ctx = &self.ctx;
         match io.cmd() {
@@ -323,6 +274,8 @@ impl FileOperations for XyzIoctlDev {
                 io.set_output(&reply)?;
                 Ok(0)
             }
+            // The async ioctl waits without a thread; this is the blocking
+            // form, for a caller of the blocking API.
             XYZ_IOC_WAIT => cx.wait_event(&ctx.never, || false).map(|()| 0),
             XYZ_IOC_LOCK => cx.lock(&ctx.hw).map(|_| 0),
             XYZ_IOC_UNBIND_SELF => {
@@ -364,6 +317,79 @@ impl FileOperations for XyzIoctlDev {
             std::thread::sleep(Duration::from_millis(ms));
         }
         self.ctx.event(XyzEvent::Released(self.ctx.binding));
+    }
+}
+
+/// The file operations that wait, as futures: a reader of an empty FIFO, a
+/// writer of a full one and `XYZ_IOC_WAIT` hold no server thread. Each
+/// takes or puts FIFO bytes only in the step that completes, so dropping
+/// the future (removal, a signal) loses nothing.
+impl AsyncFileOperations for XyzIoctlDev {
+    async fn read_async(&self, _f: &(), cx: &AsyncCtx, buf: &mut ReadBuf, _off: u64) -> KResult<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let ctx = &self.ctx;
+        loop {
+            {
+                let mut fifo = lock(&ctx.fifo);
+                if !fifo.is_empty() {
+                    let n = buf.len().min(fifo.len());
+                    for (dst, src) in buf.as_mut_slice().iter_mut().zip(fifo.drain(..n)) {
+                        *dst = src;
+                    }
+                    drop(fifo);
+                    ctx.writable.wake_all();
+                    return Ok(n);
+                }
+            }
+            if cx.nonblock() {
+                return Err(Errno::EAGAIN);
+            }
+            ctx.readable.wait_until(|| !lock(&ctx.fifo).is_empty()).await;
+        }
+    }
+
+    async fn write_async(&self, _f: &(), cx: &AsyncCtx, data: &[u8], _off: u64) -> KResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let ctx = &self.ctx;
+        loop {
+            {
+                let mut fifo = lock(&ctx.fifo);
+                let room = FIFO_SIZE - fifo.len();
+                if room > 0 {
+                    let n = room.min(data.len());
+                    if ctx.faults.fail_alloc.load(Ordering::Relaxed) || fifo.try_reserve(n).is_err() {
+                        return Err(Errno::ENOMEM);
+                    }
+                    fifo.extend(&data[..n]);
+                    drop(fifo);
+                    ctx.readable.wake_all();
+                    return Ok(n);
+                }
+            }
+            if cx.nonblock() {
+                return Err(Errno::EAGAIN);
+            }
+            ctx.writable.wait_until(|| lock(&ctx.fifo).len() < FIFO_SIZE).await;
+        }
+    }
+
+    async fn ioctl_async(&self, f: &(), cx: &AsyncCtx, io: &mut Ioctl<'_>) -> KResult<i64> {
+        match io.cmd() {
+            // Until removed (ENODEV) or interrupted (EINTR): both drop
+            // this future, so it never completes by itself.
+            XYZ_IOC_WAIT => {
+                self.ctx.never.wait_until(|| false).await;
+                Ok(0)
+            }
+            // The rest complete in their first poll, on the transport's
+            // thread, as blocking handlers (HOLD's busy sleep included).
+            _ if io.is_compat() => self.compat_ioctl(f, &cx.op_ctx(), io),
+            _ => self.ioctl(f, &cx.op_ctx(), io),
+        }
     }
 }
 
@@ -481,7 +507,7 @@ impl Driver for XyzDriver {
         let node = DeviceNode::new(dev.name(), devt).class("xyz");
         devm_cdev_device_add(
             dev,
-            Cdev::new(XyzIoctlDev { ctx: ctx.clone(), dev: dev.device().downgrade() }),
+            Cdev::new_async(XyzIoctlDev { ctx: ctx.clone(), dev: dev.device().downgrade() }),
             node,
         )?;
         self.fail_after(2, binding)?;

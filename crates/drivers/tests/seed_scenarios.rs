@@ -127,8 +127,11 @@ fn s3_blocked_reader_and_waiter_are_woken() {
         let f = f.clone();
         thread::spawn(move || f.ioctl(XYZ_IOC_WAIT, 0, &[], &mut Vec::new(), &C))
     };
-    until(|| node.inside() == 2);
+    // Both wait as pending async operations: no thread inside the gate.
+    until(|| node.pending() == 2);
+    assert_eq!(node.inside(), 0);
     assert_eq!(r.bus.unbind("xyz0", None), Ok(Unbound::Complete));
+    assert_eq!(node.pending(), 0, "every pending future was dropped when the unbind returned");
     assert_eq!(reader.join().unwrap(), Err(Errno::ENODEV));
     assert_eq!(waiter.join().unwrap(), Err(Errno::ENODEV));
 }
@@ -153,10 +156,10 @@ fn s3b_blocked_writer_woken_and_interrupt_gives_eintr() {
         let f = f.clone();
         thread::spawn(move || f.write(b"more", 0, &C))
     };
-    until(|| node.inside() == 2);
+    until(|| node.pending() == 2);
     intr.cancel();
     assert_eq!(interrupted.join().unwrap(), Err(Errno::EINTR), "a signal ends only its own wait");
-    assert_eq!(node.inside(), 1);
+    assert_eq!(node.pending(), 1);
     r.bus.delete_device("xyz0").unwrap();
     assert_eq!(writer.join().unwrap(), Err(Errno::ENODEV));
 }

@@ -20,7 +20,8 @@
 use crate::abi;
 use crate::buf::PageBuf;
 use crate::decode::decode;
-use crate::dispatch::{Via, decode_errno, process};
+use crate::defer::Target;
+use crate::dispatch::{Processed, Via, decode_errno, process};
 use crate::fs::Filesystem;
 use crate::reply::{err, ok};
 use crate::session::Shared;
@@ -81,7 +82,7 @@ pub(crate) fn spawn_worker<F: Filesystem>(s: &Arc<Shared<F>>) {
     }
 }
 
-fn worker<F: Filesystem>(s: &Arc<Shared<F>>, fd: &OwnedFd) {
+fn worker<F: Filesystem>(s: &Arc<Shared<F>>, fd: &Arc<OwnedFd>) {
     let pool = &s.dev;
     let mut buf = match PageBuf::new(s.negotiated.max_write as usize + 4096) {
         Ok(b) => b,
@@ -124,15 +125,17 @@ fn worker<F: Filesystem>(s: &Arc<Shared<F>>, fd: &OwnedFd) {
             Ok(req) => {
                 let unique = req.header.unique;
                 match process(&cx, req, Via::Dev, &mut out) {
-                    Some(Ok(())) => ok(fd, unique, &[&out]),
-                    Some(Err(e)) => err(fd, unique, e),
-                    None => {}
+                    Processed::Reply(Ok(())) => ok(&**fd, unique, &[&out]),
+                    Processed::Reply(Err(e)) => err(&**fd, unique, e),
+                    Processed::NoReply => {}
+                    // Answered later, on this descriptor.
+                    Processed::Deferred(d) => d.set_target(Target::Dev(fd.clone())),
                 }
             }
             Err(e) => {
                 tracing::warn!("malformed request: {e}");
                 if let Ok((h, _)) = <abi::InHeader as zerocopy::FromBytes>::read_from_prefix(bytes) {
-                    err(fd, h.unique, decode_errno(&e));
+                    err(&**fd, h.unique, decode_errno(&e));
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 use crate::abi;
 use crate::decode::{DecodeError, Operation, Request};
+use crate::defer::{DeferSlot, Limits, Shared as DeferShared};
 use crate::fs::{DirBuf, Filesystem, IoctlReply, Req};
 use crate::inflight::{Inflight, Interrupts, OnSleep, Running};
 use crate::notify::Notifier;
@@ -33,6 +34,8 @@ pub(crate) struct Context<'a, F> {
     /// Scratch for a handler's ioctl output, kept between requests so an
     /// ioctl allocates nothing (see [`SCRATCH_KEEP`]).
     scratch: Cell<Vec<u8>>,
+    /// Where this worker's current request is deferred, if it is.
+    defer: DeferSlot,
 }
 
 /// The largest scratch buffer a worker keeps between requests; a larger
@@ -57,6 +60,7 @@ impl<'a, F> Context<'a, F> {
             interrupts: Cell::new(None),
             running,
             scratch: Cell::new(Vec::new()),
+            defer: DeferSlot::default(),
         }
     }
 
@@ -83,21 +87,30 @@ pub(crate) enum Via {
     Ring,
 }
 
-/// Handles one decoded request; the reply's body goes to `out`. Returns the
-/// reply's status, or `None` when the kernel expects no reply (`FORGET`,
-/// `INTERRUPT`).
+/// What the transport does with a request once it is handled.
+pub(crate) enum Processed {
+    /// Send this reply (its body is in `out`).
+    Reply(Result<(), Errno>),
+    /// Send nothing: the kernel expects no reply (`FORGET`, `INTERRUPT`).
+    NoReply,
+    /// The handler deferred it (see [`crate::defer`]): tell the handle
+    /// where the reply goes.
+    Deferred(Arc<DeferShared>),
+}
+
+/// Handles one decoded request; the reply's body goes to `out`.
 pub(crate) fn process<F: Filesystem>(
     cx: &Context<'_, F>,
     req: Request<'_>,
     via: Via,
     out: &mut Vec<u8>,
-) -> Option<Result<(), Errno>> {
+) -> Processed {
     out.clear();
     let unique = req.header.unique;
     if let Operation::Interrupt(i) = req.op {
         // No reply: an interrupt is answered through its request.
         cx.inflight.interrupt(i.unique);
-        return None;
+        return Processed::NoReply;
     }
     let no_reply = req.op.no_reply();
     let probe = (via == Via::Ring && req.header.pid != 0).then_some(req.header.pid);
@@ -112,23 +125,41 @@ pub(crate) fn process<F: Filesystem>(
         pid: req.header.pid,
         interrupt: src,
         notifier: cx.notifier,
+        defer: &cx.defer,
+        deferred: &cx.inflight.deferred,
     };
     let (op, opcode) = (req.op.name(), req.header.opcode);
     let mut scratch = cx.scratch.take();
     let result = dispatch(cx.fs, &r, req.op, out, &mut scratch, cx.max_write);
+    let deferred = cx.defer.taken.borrow_mut().take();
+    if deferred.is_some() && via == Via::Ring && r.pid != 0 && crate::signal::signal_pending(r.pid) {
+        // A signal the kernel may have dropped on the way to the ring (see
+        // "Interrupts the kernel drops" in `ring`): a blocking handler's
+        // first sleep asks; a deferred one asks here, once.
+        src.cancel();
+    }
+    // Listed in the deferred table already (by `Req::defer`), so clearing
+    // the slot loses no interrupt.
     cx.inflight.end(&cx.running);
     if scratch.capacity() <= SCRATCH_KEEP {
         cx.scratch.set(scratch);
     }
     // libfuse's `-d`, one line a request.
     match &result {
+        _ if deferred.is_some() => {
+            tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, "request deferred")
+        }
         Ok(()) => {
             tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, reply = out.len(), "request")
         }
         Err(e) => tracing::debug!(unique, op, opcode, nodeid = r.nodeid, pid = r.pid, error = %e, "request"),
     }
     cx.interrupts.set(Some(interrupts));
-    (!no_reply).then_some(result)
+    match deferred {
+        Some(d) => Processed::Deferred(d),
+        None if no_reply => Processed::NoReply,
+        None => Processed::Reply(result),
+    }
 }
 
 /// The error a malformed request is answered with: `EIO` when its lengths
@@ -152,6 +183,7 @@ fn dispatch<F: Filesystem>(
     max_write: u32,
 ) -> Result<(), Errno> {
     out.clear();
+    r.defer.limits.set(Limits { ioctl: None, max: usize::MAX });
     let ino = r.nodeid;
     let attr_out = |out: &mut Vec<u8>, (attr, ttl): (crate::fs::FileAttr, std::time::Duration)| {
         let a = abi::AttrOut {
@@ -197,6 +229,7 @@ fn dispatch<F: Filesystem>(
                 flags: rd.flags,
                 page_cache: rd.read_flags & abi::read_flags::LOCKOWNER == 0,
             };
+            r.defer.limits.set(Limits { ioctl: None, max: arg.size as usize });
             fs.read(r, ino, &arg, out)?
         }
         Operation::Write { arg, data } => {
@@ -224,33 +257,12 @@ fn dispatch<F: Filesystem>(
                 input: data,
                 out_size: arg.out_size,
             };
+            r.defer.limits.set(Limits { ioctl: Some((arg.out_size, args.unrestricted)), max: usize::MAX });
             let data_out = scratch;
             data_out.clear();
-            match fs.ioctl(r, ino, &args, data_out)? {
-                IoctlReply::Done(result) => {
-                    if data_out.len() > arg.out_size as usize {
-                        return Err(Errno::IO);
-                    }
-                    let o = abi::IoctlOut { result, flags: 0, in_iovs: 0, out_iovs: 0 };
-                    out.extend_from_slice(o.as_bytes());
-                    out.extend_from_slice(data_out);
-                }
-                IoctlReply::Retry { input, output } => {
-                    // The kernel would fail the call with EIO for either.
-                    if !args.unrestricted || input.len() + output.len() > abi::IOCTL_MAX_IOV {
-                        return Err(Errno::IO);
-                    }
-                    let o = abi::IoctlOut {
-                        result: 0,
-                        flags: abi::ioctl::RETRY,
-                        in_iovs: input.len() as u32,
-                        out_iovs: output.len() as u32,
-                    };
-                    out.extend_from_slice(o.as_bytes());
-                    for v in input.iter().chain(&output) {
-                        out.extend_from_slice(abi::IoctlIovec { base: v.base, len: v.len }.as_bytes());
-                    }
-                }
+            let reply = fs.ioctl(r, ino, &args, data_out)?;
+            if r.defer.taken.borrow().is_none() {
+                encode_ioctl(reply, data_out, arg.out_size, args.unrestricted, out)?;
             }
         }
         Operation::Poll(p) => {
@@ -279,6 +291,45 @@ fn dispatch<F: Filesystem>(
         Operation::Init { .. } | Operation::CuseInit(_) => return Err(Errno::PROTO),
         Operation::Interrupt(_) => return Err(Errno::INVAL),
         Operation::Unsupported(_) => return Err(Errno::NOSYS),
+    }
+    Ok(())
+}
+
+/// An IOCTL's reply body in `out`: the `fuse_ioctl_out` and the output of
+/// a `Done` (at most `out_size` bytes), or the regions of a `Retry` (only
+/// for an `unrestricted` request).
+pub(crate) fn encode_ioctl(
+    reply: IoctlReply,
+    data_out: &[u8],
+    out_size: u32,
+    unrestricted: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), Errno> {
+    match reply {
+        IoctlReply::Done(result) => {
+            if data_out.len() > out_size as usize {
+                return Err(Errno::IO);
+            }
+            let o = abi::IoctlOut { result, flags: 0, in_iovs: 0, out_iovs: 0 };
+            out.extend_from_slice(o.as_bytes());
+            out.extend_from_slice(data_out);
+        }
+        IoctlReply::Retry { input, output } => {
+            // The kernel would fail the call with EIO for either.
+            if !unrestricted || input.len() + output.len() > abi::IOCTL_MAX_IOV {
+                return Err(Errno::IO);
+            }
+            let o = abi::IoctlOut {
+                result: 0,
+                flags: abi::ioctl::RETRY,
+                in_iovs: input.len() as u32,
+                out_iovs: output.len() as u32,
+            };
+            out.extend_from_slice(o.as_bytes());
+            for v in input.iter().chain(&output) {
+                out.extend_from_slice(abi::IoctlIovec { base: v.base, len: v.len }.as_bytes());
+            }
+        }
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! [`Filesystem`]: what a server implements, one method per operation.
 
 use crate::abi;
+use crate::defer::{DeferSlot, Deferred, DeferredTable};
 use crate::notify::Notifier;
 use devlife_gate::CancelSource;
 use rustix::io::Errno;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The caller and context of one request.
@@ -20,9 +22,22 @@ pub struct Req<'a> {
     pub pid: u32,
     /// Fired when the kernel interrupts this request (the caller got a
     /// signal): a handler's cancellable waits should then fail `EINTR`.
-    pub interrupt: &'a CancelSource,
+    /// Shared: a deferred request's handler keeps it.
+    pub interrupt: &'a Arc<CancelSource>,
     /// Sends notifications to the kernel.
     pub notifier: &'a Notifier,
+    pub(crate) defer: &'a DeferSlot,
+    pub(crate) deferred: &'a Arc<DeferredTable>,
+}
+
+impl Req<'_> {
+    /// Defers the reply: the handler returns (what it returns is ignored)
+    /// and the [`Deferred`] answers later, from any thread, while the
+    /// transport's thread serves other requests. The request stays
+    /// interruptible through [`interrupt`](Self::interrupt).
+    pub fn defer(&self) -> Deferred {
+        self.defer.defer(self.unique, self.interrupt, self.deferred)
+    }
 }
 
 /// Attributes of a node.

@@ -7,6 +7,7 @@
 //! of its own ([`Running`]): handling a request allocates nothing here and
 //! writes no cache line another CPU's worker writes.
 
+use crate::defer::DeferredTable;
 use crossbeam_utils::CachePadded;
 use devlife_gate::CancelSource;
 use devlife_gate::sync::lock;
@@ -59,6 +60,8 @@ pub(crate) struct Inflight {
     /// How many entries `early` has: registrations look at it without the
     /// lock, and take the lock only when it is not 0.
     early_count: AtomicUsize,
+    /// Deferred requests ([`crate::defer`]), searched after the slots.
+    pub(crate) deferred: Arc<DeferredTable>,
 }
 
 /// What one worker is handling: a request's unique and its interrupt
@@ -70,6 +73,11 @@ pub(crate) struct Running(CachePadded<Mutex<Option<Handling>>>);
 type Handling = (u64, Arc<CancelSource>);
 
 impl Inflight {
+    /// A table whose deferred requests are listed in `deferred`.
+    pub(crate) fn new(deferred: Arc<DeferredTable>) -> Self {
+        Inflight { deferred, ..Inflight::default() }
+    }
+
     /// A slot for a new worker (given back by [`leave`](Self::leave)).
     pub(crate) fn join(&self) -> Arc<Running> {
         let slot = Arc::new(Running::default());
@@ -117,10 +125,15 @@ impl Inflight {
             self.early_count.store(early.len(), Ordering::Release);
         }
         // Before the slots are searched (type invariants).
-        let target = lock(&self.slots).iter().find_map(|slot| match &*lock(&slot.0) {
-            Some((u, src)) if *u == unique => Some(src.clone()),
-            _ => None,
-        });
+        let target = lock(&self.slots)
+            .iter()
+            .find_map(|slot| match &*lock(&slot.0) {
+                Some((u, src)) if *u == unique => Some(src.clone()),
+                _ => None,
+            })
+            // After the slots: a request being deferred is listed there
+            // before it leaves its slot.
+            .or_else(|| self.deferred.get(unique));
         if let Some(src) = target {
             let mut early = lock(&self.early);
             early.remove(&unique);

@@ -20,6 +20,7 @@ pub mod abi;
 mod buf;
 pub mod cuse;
 pub mod decode;
+mod defer;
 mod dev;
 mod dispatch;
 mod fs;
@@ -32,6 +33,7 @@ mod session;
 mod signal;
 
 pub use cuse::CuseDevice;
+pub use defer::Deferred;
 pub use fs::{DirBuf, Entry, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Opened, ReadArgs, Req};
 pub use notify::Notifier;
 pub use rustix::io::Errno;

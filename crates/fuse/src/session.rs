@@ -16,6 +16,7 @@
 
 use crate::abi::{self, init, init2};
 use crate::decode::{Operation, decode};
+use crate::defer::DeferredTable;
 use crate::dispatch::Context;
 use crate::fs::Filesystem;
 use crate::inflight::Inflight;
@@ -127,6 +128,11 @@ pub struct Counters {
     pub ring_steals: u64,
     /// Ring threads started after the first of each queue.
     pub ring_threads_started: u64,
+    /// Ring entries registered now, over all queues (a deferred request
+    /// holds one: see [`Req::defer`](crate::Req::defer)).
+    pub ring_entries: u64,
+    /// Requests deferred now, waiting for their reply without a thread.
+    pub deferred: u64,
 }
 
 impl Counters {
@@ -142,7 +148,7 @@ impl Counters {
         format!(
             "transport {name}\nring_queues {queues}\nring_requests {}\ndev_requests {}\nring_workers {}\n\
              dev_workers {}\nring_kicks {}\nring_enters {}\nring_handoffs {}\nring_steals {}\n\
-             ring_threads_started {}\n",
+             ring_threads_started {}\nring_entries {}\ndeferred {}\n",
             self.ring_requests,
             self.dev_requests,
             self.ring_workers,
@@ -151,7 +157,9 @@ impl Counters {
             self.ring_enters,
             self.ring_handoffs,
             self.ring_steals,
-            self.ring_threads_started
+            self.ring_threads_started,
+            self.ring_entries,
+            self.deferred
         )
     }
 }
@@ -171,6 +179,8 @@ pub struct TransportStats {
     pub(crate) ring_handoffs: AtomicU64,
     pub(crate) ring_steals: AtomicU64,
     pub(crate) ring_threads_started: AtomicU64,
+    /// The requests deferred now (shared with the session's `Inflight`).
+    pub(crate) deferred: Arc<DeferredTable>,
 }
 
 /// One ring queue's counts: the queue's threads write them (one at a time,
@@ -181,14 +191,21 @@ pub(crate) struct RingCounters {
     pub(crate) requests: AtomicU64,
     /// `io_uring_enter` calls on the queue's ring.
     pub(crate) enters: AtomicU64,
+    /// Entries registered and not lost.
+    pub(crate) entries: AtomicU64,
 }
 
 impl TransportStats {
     /// The counts now.
     pub fn snapshot(&self) -> Counters {
-        let (ring_requests, ring_enters) = lock(&self.ring_queues).iter().fold((0, 0), |(r, e), q| {
-            (r + q.requests.load(Ordering::Relaxed), e + q.enters.load(Ordering::Relaxed))
-        });
+        let (ring_requests, ring_enters, ring_entries) =
+            lock(&self.ring_queues).iter().fold((0, 0, 0), |(r, e, n), q| {
+                (
+                    r + q.requests.load(Ordering::Relaxed),
+                    e + q.enters.load(Ordering::Relaxed),
+                    n + q.entries.load(Ordering::Relaxed),
+                )
+            });
         Counters {
             transport: self.transport.get().copied(),
             dev_requests: self.dev_requests.load(Ordering::Relaxed),
@@ -200,6 +217,8 @@ impl TransportStats {
             ring_handoffs: self.ring_handoffs.load(Ordering::Relaxed),
             ring_steals: self.ring_steals.load(Ordering::Relaxed),
             ring_threads_started: self.ring_threads_started.load(Ordering::Relaxed),
+            ring_entries,
+            deferred: self.deferred.len() as u64,
         }
     }
 }
@@ -245,7 +264,7 @@ impl<F: Filesystem> Shared<F> {
             config,
             negotiated,
             notifier,
-            inflight: Inflight::default(),
+            inflight: Inflight::new(stats.deferred.clone()),
             dev: dev::Pool::default(),
             stats,
             cuse,

@@ -11,7 +11,7 @@
 //! on old descriptors fail `ENOTCONN`, its choice). `docs/ARCHITECTURE.md`
 //! has the table.
 
-use crate::file::{caller, file_ioctl, file_poll, file_read, kerr};
+use crate::file::{caller, file_ioctl, file_poll, file_read, file_write, kerr};
 use crate::handles::Handles;
 use devlife_core::gate::sync::lock;
 use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};
@@ -77,7 +77,20 @@ impl Filesystem for CuseNode {
     fn read(&self, req: &Req<'_>, _ino: u64, arg: &ReadArgs, out: &mut Vec<u8>) -> Result<(), Errno> {
         let f = self.file(arg.fh)?;
         let caller = caller(req, arg.flags);
-        Self::at_pos(&f, |off| file_read(&f.file, off, arg.size, &caller, out)).map(drop)
+        if f.pos.is_none() {
+            // No position to advance at completion: may be deferred.
+            return file_read(&f.file, 0, arg.size, &caller, req, out);
+        }
+        // A position: read it, advance it and let the next read go, in
+        // order (a wait here holds this thread, as a blocking read does).
+        Self::at_pos(&f, |off| {
+            let mut buf = vec![0; arg.size as usize];
+            let n = f.file.read(&mut buf, off, &caller).map_err(kerr)?;
+            buf.truncate(n);
+            *out = buf;
+            Ok(n)
+        })
+        .map(drop)
     }
 
     fn write(
@@ -91,6 +104,10 @@ impl Filesystem for CuseNode {
     ) -> Result<u32, Errno> {
         let f = self.file(fh)?;
         let caller = caller(req, flags);
+        if f.pos.is_none() {
+            // A deferred write's count is sent by its `Deferred`.
+            return file_write(&f.file, data, 0, &caller, req).map(|n| n.unwrap_or(0));
+        }
         let n = Self::at_pos(&f, |off| f.file.write(data, off, &caller).map_err(kerr))?;
         Ok(n as u32)
     }
@@ -110,7 +127,7 @@ impl Filesystem for CuseNode {
         out: &mut Vec<u8>,
     ) -> Result<IoctlReply, Errno> {
         let f = self.file(a.fh)?;
-        file_ioctl(&f.file, &caller(req, 0), a, out)
+        file_ioctl(&f.file, &caller(req, 0), req, a, out)
     }
 
     fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {

@@ -4,7 +4,7 @@
 
 use crate::control;
 use crate::cuse::CuseNodes;
-use crate::file::{caller, file_ioctl, file_poll, file_read, kerr};
+use crate::file::{caller, file_ioctl, file_poll, file_read, file_write, kerr};
 use crate::handles::Handles;
 use crate::inodes::Inodes;
 use crate::tree::{self, Obj};
@@ -370,7 +370,7 @@ impl Filesystem for ServeFs {
         }
         match &*self.handle(arg.fh)? {
             Handle::File(f) => {
-                file_read(f, arg.offset, arg.size, &caller(req, arg.flags), out)?;
+                file_read(f, arg.offset, arg.size, &caller(req, arg.flags), req, out)?;
             }
             Handle::Text(t) => {
                 let start = usize::try_from(arg.offset).unwrap_or(usize::MAX).min(t.len());
@@ -393,7 +393,8 @@ impl Filesystem for ServeFs {
         flags: u32,
     ) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
-            Handle::File(f) => f.write(data, offset, &caller(req, flags)).map(|n| n as u32).map_err(kerr),
+            // A deferred write's count is sent by its `Deferred`.
+            Handle::File(f) => file_write(f, data, offset, &caller(req, flags), req).map(|n| n.unwrap_or(0)),
             Handle::Text(_) => Err(Errno::ACCESS),
             Handle::Dir(_) => Err(Errno::ISDIR),
             Handle::Control(c) => {
@@ -512,7 +513,7 @@ impl Filesystem for ServeFs {
         out: &mut Vec<u8>,
     ) -> Result<IoctlReply, Errno> {
         match &*self.handle(a.fh)? {
-            Handle::File(f) => file_ioctl(f, &caller(req, 0), a, out),
+            Handle::File(f) => file_ioctl(f, &caller(req, 0), req, a, out),
             _ => Err(Errno::NOTTY),
         }
     }

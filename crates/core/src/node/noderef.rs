@@ -16,6 +16,7 @@ pub(crate) trait NodeDyn: Send + Sync {
     fn is_removed(&self) -> bool;
     fn kind(&self) -> NodeKind;
     fn inside(&self) -> usize;
+    fn pending(&self) -> usize;
     fn open_files(&self) -> usize;
     fn id(&self) -> u64;
     fn llseek(&self) -> Llseek;
@@ -42,6 +43,10 @@ impl<F: FileOperations> NodeDyn for Node<F> {
     }
     fn inside(&self) -> usize {
         self.ops.gate().inside()
+    }
+    fn pending(&self) -> usize {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        files.iter().map(|st| lock(&st.pending).len()).sum()
     }
     fn open_files(&self) -> usize {
         lock(&self.files).len()
@@ -82,6 +87,12 @@ impl NodeRef {
     /// Handlers running in the object right now.
     pub fn inside(&self) -> usize {
         self.0.inside()
+    }
+
+    /// Async operations of the object waiting now (their futures pending,
+    /// no thread inside: see [`AsyncFileOperations`](crate::AsyncFileOperations)).
+    pub fn pending(&self) -> usize {
+        self.0.pending()
     }
 
     /// Files open on the object and not yet released.

@@ -120,13 +120,18 @@ fn status(pid: u32, key: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("no {key} in /proc/{pid}/status"))
 }
 
-/// The `inflight_ops` line of `debug/devlife/stats`.
+/// Requests in the devices, from `debug/devlife/stats`: handlers running
+/// (`inflight_ops`, the blocking API's readers) and async operations
+/// waiting (`pending_ops`).
 fn inflight(mnt: &Path) -> Result<u64, String> {
     let s = std::fs::read_to_string(mnt.join("debug/devlife/stats")).map_err(|e| format!("stats: {e}"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("inflight_ops "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| "no inflight_ops in debug/devlife/stats".into())
+    let line = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {key}in debug/devlife/stats"))
+    };
+    Ok(line("inflight_ops ")? + line("pending_ops ")?)
 }
 
 /// One measurement with `n` blocked readers.

@@ -125,6 +125,13 @@ impl Server {
         self.stats()[name]
     }
 
+    /// Requests in the devices now: handlers running (`inflight_ops`) and
+    /// async operations waiting (`pending_ops`).
+    pub fn busy(&self) -> u64 {
+        let s = self.stats();
+        s["inflight_ops"] + s["pending_ops"]
+    }
+
     pub fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, sig);

@@ -6,10 +6,12 @@ use crate::abi::OutHeader;
 use crate::abi::uring::{self, CmdReq, ReqHeader};
 use crate::buf::PageBuf;
 use crate::decode::decode_ring;
-use crate::dispatch::{Context, Via, decode_errno, process};
+use crate::defer::Shared as DeferShared;
+use crate::dispatch::{Context, Processed, Via, decode_errno, process};
 use crate::fs::Filesystem;
 use io_uring::{opcode, squeue, types};
 use rustix::io::Errno;
+use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// The index of `/dev/fuse` in each ring's registered files: commands
@@ -111,36 +113,52 @@ impl Entry {
             .user_data(self.idx as u64)
     }
 
-    /// Handles the request in this entry and writes its reply here;
-    /// returns the request's unique id, to commit the reply with.
-    pub(super) fn handle<F: Filesystem>(&mut self, cx: &Context<'_, F>, out: &mut Vec<u8>) -> u64 {
+    /// Handles the request in this entry and writes its reply here, or
+    /// leaves it to a deferred reply ([`crate::defer`]).
+    pub(super) fn handle<F: Filesystem>(&mut self, cx: &Context<'_, F>, out: &mut Vec<u8>) -> Handled {
         let (header, payload) = self.parts();
         let commit_id = header.ent.commit_id;
         let used = (header.ent.payload_sz as usize).min(payload.len());
         let status = match decode_ring(header, &payload[..used]) {
             Ok(req) => match process(cx, req, Via::Ring, out) {
-                Some(Ok(())) if out.len() <= payload.len() => Ok(()),
-                Some(Ok(())) => Err(Errno::IO),
-                Some(Err(e)) => Err(e),
+                Processed::Reply(r) => r,
+                Processed::Deferred(d) => return Handled::Deferred(commit_id, d),
                 // Interrupts and forgets never come through a ring.
-                None => Err(Errno::INVAL),
+                Processed::NoReply => Err(Errno::INVAL),
             },
             Err(e) => {
                 tracing::warn!("malformed ring request: {e}");
                 Err(decode_errno(&e))
             }
         };
-        let body = if status.is_ok() { out.len() } else { 0 };
-        payload[..body].copy_from_slice(&out[..body]);
-        header.ent.payload_sz = body as u32;
-        let oh = OutHeader {
-            len: (16 + body) as u32,
-            error: status.err().map_or(0, |e| -e.raw_os_error()),
-            unique: commit_id,
-        };
-        header.in_out[..16].copy_from_slice(oh.as_bytes());
-        commit_id
+        match status {
+            Ok(()) => self.write_reply(commit_id, 0, out),
+            Err(e) => self.write_reply(commit_id, -e.raw_os_error(), &[]),
+        }
+        Handled::Commit(commit_id)
     }
+
+    /// Writes a reply for request `commit_id` into this entry: `error` 0
+    /// with `body`, or a negative errno (`EIO` for a body the payload
+    /// cannot hold).
+    pub(super) fn write_reply(&mut self, commit_id: u64, error: i32, body: &[u8]) {
+        let (header, payload) = self.parts();
+        let (error, body) =
+            if body.len() <= payload.len() { (error, body) } else { (-Errno::IO.raw_os_error(), &[][..]) };
+        let body = if error == 0 { body } else { &[] };
+        payload[..body.len()].copy_from_slice(body);
+        header.ent.payload_sz = body.len() as u32;
+        let oh = OutHeader { len: (16 + body.len()) as u32, error, unique: commit_id };
+        header.in_out[..16].copy_from_slice(oh.as_bytes());
+    }
+}
+
+/// How a ring request was handled.
+pub(super) enum Handled {
+    /// The reply is in the entry: commit it with this id.
+    Commit(u64),
+    /// Deferred: the entry waits for the reply (request `commit_id`).
+    Deferred(u64, Arc<DeferShared>),
 }
 
 /// Sets `sqe->len`, which `opcode::UringCmd80` does not expose and

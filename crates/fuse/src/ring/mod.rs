@@ -139,6 +139,7 @@
 mod entry;
 mod kick;
 mod monitor;
+mod parked;
 mod queue;
 mod thread;
 mod token;

@@ -62,6 +62,8 @@ pub(super) enum Step {
     Wait(Box<Token>, bool),
     /// It no longer leads: it keeps the reply it wrote (entry, commit id).
     Handed(Entry, u64),
+    /// It no longer leads, and its request was deferred: nothing to finish.
+    Lost,
     /// The queue stopped; the token, if it is the caller's to drop.
     Stopped(Option<Box<Token>>),
 }
@@ -198,6 +200,7 @@ impl Queue {
             let n = c.enters.load(Ordering::Relaxed) + std::mem::take(&mut t.enters);
             c.enters.store(n, Ordering::Relaxed);
         }
+        c.entries.store(*entries as u64, Ordering::Relaxed);
     }
 
     /// The first thread installs the token (the ring with its first
@@ -307,6 +310,49 @@ impl Queue {
         self.next_step(&mut st, me)
     }
 
+    /// The leader `me`'s handler deferred its request: the entry stays
+    /// held (until [`complete_deferred`](Self::complete_deferred)) and the
+    /// leader goes on with the next step; or, if it no longer leads, it
+    /// has nothing to finish.
+    pub(super) fn defer_next(&self, me: u64) -> Step {
+        let mut st = self.lock();
+        if st.stopped {
+            let token = if st.leader == Some(me) { st.token.take() } else { None };
+            return Step::Stopped(token);
+        }
+        if st.leader != Some(me) {
+            return Step::Lost;
+        }
+        st.running = false;
+        // Every entry held (this one among them) and none queued for the
+        // leader: requests would wait in the kernel until a deferred reply
+        // comes, so one more entry takes them (after a kick).
+        let all_held = st.held >= st.entries;
+        if let Some(t) = st.token.as_mut() {
+            if all_held && t.batch.is_empty() {
+                t.grow += 1;
+            }
+        }
+        self.next_step(&mut st, me)
+    }
+
+    /// A deferred request's reply is in `entry`: the leader commits it
+    /// with the next batch (woken if it waits on the ring).
+    pub(super) fn complete_deferred(&self, entry: Entry, commit_id: u64) {
+        let mut st = self.lock();
+        if st.stopped {
+            drop(st);
+            // Held: no command is outstanding on it.
+            drop(entry);
+            return;
+        }
+        st.held -= 1;
+        st.pending.push((entry, commit_id));
+        if st.in_enter {
+            self.wake(&st);
+        }
+    }
+
     /// A thread that began a request as leader and lost the lead meanwhile
     /// has its reply in `entry`: it leads again if nobody does, otherwise
     /// leaves the reply to the leader (waking it if it waits on the ring).
@@ -351,7 +397,7 @@ impl Queue {
     pub(super) fn look(&self) -> Look {
         let mut st = self.lock();
         let running = (st.running && !st.stopped).then_some(st.seq);
-        let waiting = st.token.as_mut().is_some_and(|t| t.has_work());
+        let waiting = !st.pending.is_empty() || st.token.as_mut().is_some_and(|t| t.has_work());
         Look { running, waiting }
     }
 

@@ -3,9 +3,11 @@
 //! queue), or finishes a request it began as leader after handing the
 //! queue on.
 
-use super::entry::Entry;
+use super::entry::{Entry, Handled};
+use super::parked::Parked;
 use super::queue::{Finish, Need, Queue, Step};
 use super::token::{Ring, Token, next_thread_id};
+use crate::defer::Target;
 use crate::dispatch::Context;
 use crate::fs::Filesystem;
 use crate::session::Shared;
@@ -35,6 +37,9 @@ enum Led {
     /// Its handler slept or ran long and another thread took the queue; it
     /// holds the reply it wrote (entry, commit id).
     Handed(Entry, u64),
+    /// It lost the lead while a handler ran and has no reply to finish
+    /// (the handler deferred it).
+    Lost,
     Stopped,
 }
 
@@ -114,6 +119,7 @@ fn run<F: Filesystem>(s: &Arc<Shared<F>>, q: &Arc<Queue>, me: u64, leading: bool
     while let Some(first) = step {
         step = match lead(s, q, me, &cx, &mut out, first) {
             Led::Stopped => None,
+            Led::Lost => q.follow(me).then(|| q.resume(me)),
             Led::Handed(entry, commit_id) => match q.finish(me, entry, commit_id) {
                 Finish::Lead(next) => Some(next),
                 Finish::Follow => q.follow(me).then(|| q.resume(me)),
@@ -157,10 +163,14 @@ fn lead<F: Filesystem>(
 ) -> Led {
     loop {
         step = match step {
-            Step::Next(mut entry) => {
-                let commit_id = entry.handle(cx, out);
-                q.commit_next(me, entry, commit_id)
-            }
+            Step::Next(mut entry) => match entry.handle(cx, out) {
+                Handled::Commit(commit_id) => q.commit_next(me, entry, commit_id),
+                Handled::Deferred(commit_id, d) => {
+                    // The entry waits for the reply; this thread goes on.
+                    d.set_target(Target::Ring(Box::new(Parked { entry, commit_id, queue: q.clone() })));
+                    q.defer_next(me)
+                }
+            },
             Step::Wait(mut t, grew) => {
                 if grew {
                     // The new entries must be registered before the kick's
@@ -185,6 +195,7 @@ fn lead<F: Filesystem>(
                 q.enter_end(t, me)
             }
             Step::Handed(entry, commit_id) => return Led::Handed(entry, commit_id),
+            Step::Lost => return Led::Lost,
             Step::Stopped(token) => {
                 drop(token);
                 return Led::Stopped;
