@@ -11,9 +11,11 @@
 //!   brightness changed since this file last read it (as sysfs's
 //!   `sysfs_notify`); ioctls [`LED_IOC_GET`], [`LED_IOC_SET`],
 //!   [`LED_IOC_BLINK`];
-//! * `dev/<name>-events`: a stream whose `read` blocks until the
+//! * `dev/<name>-events`: a stream whose `read` waits until the
 //!   brightness changes and returns `"brightness N\n"` (`EAGAIN` with
-//!   `O_NONBLOCK`); `poll` says `POLLIN` when a change is waiting;
+//!   `O_NONBLOCK`); `poll` says `POLLIN` when a change is waiting. The
+//!   read is an async handler ([`AsyncFileOperations`]): a waiting reader
+//!   holds no server thread;
 //! * the attribute `sys/bus/platform/devices/<name>/brightness` (show and
 //!   store, as the node's read and write);
 //! * `debug/led/<name>/writes`, in the driver's debugfs directory: the
@@ -32,8 +34,9 @@ use devlife_core::fops::{
 use devlife_core::gate::WaitQueue;
 use devlife_core::gate::sync::lock;
 use devlife_core::{
-    Bound, Cdev, DelayedWork, Device, DeviceAttribute, DeviceNode, Driver, Errno, IoctlCmd, IoctlDef, System,
-    devm_cdev_device_add, devm_delayed_work_autocancel, devm_device_create_file, devm_kthread_run,
+    AsyncCtx, AsyncFileOperations, Bound, Cdev, DelayedWork, Device, DeviceAttribute, DeviceNode, Driver,
+    Errno, IoctlCmd, IoctlDef, ReadBuf, System, devm_cdev_device_add, devm_delayed_work_autocancel,
+    devm_device_create_file, devm_kthread_run,
 };
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -184,7 +187,8 @@ impl FileOperations for BrightnessNode {
     }
 }
 
-/// `dev/<name>-events`: one line per change, read blocking.
+/// `dev/<name>-events`: one line per change; a read waits for the next
+/// (an async handler: no server thread while it waits).
 struct EventsNode(Arc<Led>);
 
 impl FileOperations for EventsNode {
@@ -195,21 +199,6 @@ impl FileOperations for EventsNode {
         Ok(AtomicU64::new(self.0.generation.load(Ordering::Acquire)))
     }
 
-    fn read(&self, seen: &AtomicU64, cx: &OpCtx<'_>, buf: &mut [u8], _offset: u64) -> KResult<usize> {
-        let led = &self.0;
-        let unseen = || led.generation.load(Ordering::Acquire) != seen.load(Ordering::Relaxed);
-        if !unseen() && cx.nonblock() {
-            return Err(Errno::EAGAIN);
-        }
-        // Sleeps until a change, the removal (ENODEV) or a signal (EINTR).
-        cx.wait_event(&led.changed, unseen)?;
-        seen.store(led.generation.load(Ordering::Acquire), Ordering::Relaxed);
-        let line = format!("brightness {}\n", led.brightness());
-        let n = line.len().min(buf.len());
-        buf[..n].copy_from_slice(&line.as_bytes()[..n]);
-        Ok(n)
-    }
-
     fn poll(&self, seen: &AtomicU64, _cx: &OpCtx<'_>, pt: &PollTable<'_>) -> PollMask {
         pt.wait(&self.0.changed);
         if self.0.generation.load(Ordering::Acquire) != seen.load(Ordering::Relaxed) {
@@ -217,6 +206,30 @@ impl FileOperations for EventsNode {
         } else {
             PollMask::NONE
         }
+    }
+}
+
+/// The stream's read waits as a future: a reader waiting for the next
+/// change holds no server thread (and a thousand of them, none).
+impl AsyncFileOperations for EventsNode {
+    async fn read_async(
+        &self,
+        seen: &AtomicU64,
+        cx: &AsyncCtx,
+        buf: &mut ReadBuf,
+        _offset: u64,
+    ) -> KResult<usize> {
+        let led = &self.0;
+        let unseen = || led.generation.load(Ordering::Acquire) != seen.load(Ordering::Relaxed);
+        if !unseen() && cx.nonblock() {
+            return Err(Errno::EAGAIN);
+        }
+        // Until a change; the removal (ENODEV) or a signal (EINTR) drops
+        // this future here, having taken nothing.
+        led.changed.wait_until(unseen).await;
+        seen.store(led.generation.load(Ordering::Acquire), Ordering::Relaxed);
+        let line = format!("brightness {}\n", led.brightness());
+        Ok(buf.fill(line.as_bytes()))
     }
 }
 
@@ -274,7 +287,7 @@ impl Driver for LedDriver {
         )?;
         devm_cdev_device_add(
             dev,
-            Cdev::new(EventsNode(led.clone())),
+            Cdev::new_async(EventsNode(led.clone())),
             DeviceNode::new(format!("{name}-events"), events),
         )?;
 

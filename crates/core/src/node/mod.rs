@@ -245,13 +245,19 @@ impl<F: FileOperations> Node<F> {
         lock(&self.files).remove(&st.id);
     }
 
-    /// Ends every pending async operation of `st` with the removal code,
-    /// each future dropped before this returns (see [`crate::afops`]).
-    /// Detached under the lock, cancelled outside it.
+    /// Ends every pending async operation of `st` with the removal code:
+    /// each future is dropped before this returns (see [`crate::afops`]);
+    /// their callers' answers go out from an executor thread. Detached
+    /// under the lock, dropped outside it.
     fn sweep(&self, st: &OpenState<F>) {
         let pending = std::mem::take(&mut *lock(&st.pending));
-        for t in pending.into_values() {
-            t.cancel(self.kind.op_after_removal());
+        if pending.is_empty() {
+            return;
+        }
+        let ended: Vec<_> = pending.into_values().filter(|t| t.drop_future()).collect();
+        if !ended.is_empty() {
+            let answers = task::Answers { tasks: Mutex::new(ended), errno: self.kind.op_after_removal() };
+            crate::exec::schedule(Arc::new(answers));
         }
     }
 

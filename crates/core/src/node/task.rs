@@ -80,7 +80,37 @@ pub(super) trait End<T>: Cancel {
 pub(super) trait Cancel: Send + Sync {
     /// Ends the task with `e` if it has not ended (its future dropped
     /// before this returns).
-    fn cancel(&self, e: Errno);
+    fn cancel(&self, e: Errno) {
+        if self.drop_future() {
+            self.fail(e);
+        }
+    }
+
+    /// Drops the future if the task has not ended (waiting for a poll in
+    /// progress); returns `true` if this call ended it, when the caller
+    /// owes it [`fail`](Self::fail).
+    fn drop_future(&self) -> bool;
+
+    /// Completes a task whose future [`drop_future`](Self::drop_future)
+    /// dropped: its caller gets `e`.
+    fn fail(&self, e: Errno);
+}
+
+/// The completions a sweep owes, sent by an executor thread: a removal
+/// returns once every future is dropped, without waiting for thousands of
+/// replies (and the wake-ups of their callers) to go out.
+pub(super) struct Answers {
+    pub(super) tasks: Mutex<Vec<Arc<dyn Cancel>>>,
+    pub(super) errno: Errno,
+}
+
+impl Runnable for Answers {
+    fn run(self: Arc<Self>) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for t in tasks {
+            t.fail(self.errno);
+        }
+    }
 }
 
 /// Where a task's result meets its reply.
@@ -269,10 +299,12 @@ impl<F: FileOperations, T: Send + 'static, Fr: Send + 'static> std::task::Wake f
 }
 
 impl<F: FileOperations, T: Send + 'static, Fr: Send + 'static> Cancel for Task<F, T, Fr> {
-    fn cancel(&self, e: Errno) {
-        if self.cell.cancel() {
-            self.complete(Err(e));
-        }
+    fn drop_future(&self) -> bool {
+        self.cell.cancel()
+    }
+
+    fn fail(&self, e: Errno) {
+        self.complete(Err(e));
     }
 }
 

@@ -38,6 +38,9 @@ use std::time::Duration;
 /// thread start.
 const FOLLOWERS_KEEP: usize = 4;
 
+/// The most entries a queue adds at once for deferred requests.
+const GROW_MAX: usize = 256;
+
 /// How often an idle thread that may not exit yet (entries are bound to
 /// it) looks again.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -326,11 +329,15 @@ impl Queue {
         st.running = false;
         // Every entry held (this one among them) and none queued for the
         // leader: requests would wait in the kernel until a deferred reply
-        // comes, so one more entry takes them (after a kick).
+        // comes, so more entries take them (after a kick). A quarter more
+        // at a time: thousands of waiting requests cost a few dozen kicks,
+        // not one each, and an entry the kernel has not written to is not
+        // resident.
         let all_held = st.held >= st.entries;
+        let more = (st.entries / 4).clamp(1, GROW_MAX);
         if let Some(t) = st.token.as_mut() {
             if all_held && t.batch.is_empty() {
-                t.grow += 1;
+                t.grow = t.grow.max(more);
             }
         }
         self.next_step(&mut st, me)
