@@ -129,6 +129,23 @@ impl<T> Revocable<T> {
         (first, self.drain_take())
     }
 
+    /// [`revoke_take`](Self::revoke_take) with `between` run after the
+    /// drain and before the take: when it runs no guard exists or can be
+    /// made, and the data is still there (what a holder of pending futures
+    /// that borrow the data does first: drops them). `between` is not run
+    /// when the calling thread holds a guard (the drain cannot happen).
+    pub fn revoke_take_with(&self, between: impl FnOnce()) -> (bool, Option<T>) {
+        let first = self.gate.kill();
+        match self.gate.drain() {
+            Ok(()) => {
+                between();
+                (first, self.take_drained())
+            }
+            Err(DrainError::CallerInside) => (first, None),
+            Err(e) => unreachable!("drain after kill failed: {e}"),
+        }
+    }
+
     /// [`revoke_take`](Self::revoke_take) for many at once: kills every
     /// gate with one heavy barrier ([`Gate::kill_many`]), then drains each
     /// and takes its data. Returns, in order, the data of each that this

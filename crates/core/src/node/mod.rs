@@ -232,10 +232,7 @@ impl<F: FileOperations> Node<F> {
         // release while an interrupted request finishes); their cancellable
         // waits fail at once. Pending futures are dropped after the drain
         // (no poll runs) and before the take (they borrow the state).
-        st.private.gate().kill();
-        let _ = st.private.gate().drain();
-        self.sweep(st);
-        if let (_, Some(private)) = st.private.revoke_take() {
+        if let (_, Some(private)) = st.private.revoke_take_with(|| self.sweep(st)) {
             let _ = self.catch("release", || {
                 ops.release(private);
                 Ok(())
@@ -341,14 +338,20 @@ impl<F: FileOperations> Node<F> {
                 "removal waits for handlers still running (not in a cancellable wait)"
             );
         }
-        // Every handler and every poll has returned: the pending futures
-        // are dropped now, before the operations they borrow.
-        let _ = ops.gate().drain();
-        let files: Vec<_> = std::mem::take(&mut *lock(&self.files)).into_values().collect();
-        for st in &files {
-            self.sweep(st);
+        // Drains; then, with every handler and every poll returned, the
+        // pending futures are dropped, before the operations they borrow.
+        let mut files = Vec::new();
+        let (_, ops) = ops.revoke_take_with(|| {
+            files = std::mem::take(&mut *lock(&self.files)).into_values().collect();
+            for st in &files {
+                self.sweep(st);
+            }
+        });
+        if files.is_empty() {
+            // Not drained by this thread (see `revoke_take_with`): nothing
+            // was taken, and no sweep ran.
+            files = std::mem::take(&mut *lock(&self.files)).into_values().collect();
         }
-        let (_, ops) = ops.revoke_take();
         if let Some(ops) = ops {
             // No handler runs now, but a transport may still be inside a
             // file's own gate (a release waiting for an interrupted request);

@@ -10,19 +10,27 @@
 //! * `server_threads`: the server's thread count (`/proc/PID/status`),
 //!   and `threads_added`, over the count before the clients came;
 //! * `rss_per_blocked_kib`: the server's resident memory over what it was
-//!   before the clients came, divided by N (their open files included);
+//!   before the clients came, divided by N (their open files included),
+//!   in a second, warm round of the same N: the first round's figure,
+//!   `cold_rss_per_blocked_kib`, also counts the heap's first growth
+//!   (malloc arenas reaching their working size), which a serving process
+//!   pays once;
 //! * `stats_read_us`: a read of `debug/devlife/stats` while they wait (the
 //!   median of 5), a request that must not queue behind them;
 //! * `unbind_to_last_enodev_ms`: from the `write` to
 //!   `sys/bus/sim/drivers/xyz/unbind` to the last client's `read`
 //!   returning `ENODEV` (each client reports the `CLOCK_MONOTONIC` time of
 //!   its last return, a clock shared by every process), and `unbind_ms`,
-//!   the `write` alone.
+//!   the `write` alone; `server_cpu_ms`, the server's CPU time (user and
+//!   system, at the kernel's 10 ms tick) from the `write` to the last
+//!   `ENODEV`: the rest of that time the two CPUs spend waking and ending
+//!   the clients' threads.
 //!
 //! Every blocked read must end `ENODEV`; any other outcome fails the run.
 //! The size of N is bounded by the machine: each blocked read holds a
-//! client thread, and with today's blocking handlers a server thread too
-//! (`pid_max` is 32,768 here, so 100,000 cannot run).
+//! client thread (`pid_max` is 32,768 here, so 100,000 cannot run); with
+//! the blocking API a server thread too, while xyz's async read holds
+//! none.
 
 use super::{Row, V, machine, percentile, raise_nofile, timed_write};
 use rustix::fs::{Mode, OFlags};
@@ -41,6 +49,9 @@ pub struct BlockedOpts {
     /// 1000 with --quick).
     #[arg(long, value_delimiter = ',')]
     pub readers: Vec<usize>,
+    /// The server's transport (`devlife serve --io-uring`).
+    #[arg(long, default_value = "auto")]
+    pub io_uring: String,
 }
 
 /// Options of the hidden `devlife bench blocked-client`.
@@ -134,6 +145,19 @@ fn inflight(mnt: &Path) -> Result<u64, String> {
     Ok(line("inflight_ops ")? + line("pending_ops ")?)
 }
 
+/// What xyz's read is: an async handler (`AsyncFileOperations`).
+const HANDLERS: &str = "async";
+
+/// User and system CPU ticks of process `pid` (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("server stat: {e}"))?;
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).ok_or("server stat: no comm")?;
+    // After the comm: state is field 3; utime and stime are 14 and 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or("server stat: short");
+    Ok(tick(14)? + tick(15)?)
+}
+
 /// One measurement with `n` blocked readers.
 fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
     let name = "blk0";
@@ -180,6 +204,7 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
     reads.sort_by(f64::total_cmp);
 
     let ctl = mnt.join("sys/bus/sim/drivers/xyz/unbind");
+    let cpu0 = cpu_ticks(pid)?;
     let t0 = mono_ns();
     let unbind = timed_write(&ctl, name)?;
     let mut last = 0u64;
@@ -194,10 +219,11 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
         }
         last = last.max(at);
     }
+    let cpu = cpu_ticks(pid)?.saturating_sub(cpu0);
     timed_write(&mnt.join("sys/bus/sim/delete_device"), name)?;
     Ok(Row(vec![
         ("bench", V::S("blocked".into())),
-        ("handlers", V::S("blocking".into())),
+        ("handlers", V::S(HANDLERS.into())),
         ("readers", V::I(n as u64)),
         ("clients", V::I(n.div_ceil(THREADS_PER_CLIENT) as u64)),
         ("server_threads", V::I(threads)),
@@ -206,6 +232,8 @@ fn once(exe: &Path, mnt: &Path, pid: u32, n: usize) -> Result<Row, String> {
         ("stats_read_us", V::F(percentile(&reads, 50.0))),
         ("unbind_ms", V::F(unbind.as_secs_f64() * 1e3)),
         ("unbind_to_last_enodev_ms", V::F(last.saturating_sub(t0) as f64 / 1e6)),
+        // Ticks of 10 ms (USER_HZ is 100 on Linux).
+        ("server_cpu_ms", V::F(cpu as f64 * 10.0)),
     ]))
 }
 
@@ -230,13 +258,27 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
     raise_nofile(THREADS_PER_CLIENT as u64 + 64)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let base = std::env::temp_dir().join(format!("devlife-blocked-{}", std::process::id()));
-    let server =
-        super::servers::Server::start(super::servers::Contender::Devlife, &base, &exe, Path::new("."))?;
+    let server = super::servers::Server::start_with(
+        super::servers::Contender::Devlife,
+        &base,
+        &exe,
+        Path::new("."),
+        &["--io-uring", &o.io_uring],
+    )?;
     let mnt = server.mount().ok_or("no mount")?.to_owned();
     let pid = server.pid().ok_or("no server process")?;
     let mut rows = Vec::new();
     for n in sizes {
-        rows.push(once(&exe, &mnt, pid, n)?);
+        let cold = once(&exe, &mnt, pid, n)?;
+        let mut warm = once(&exe, &mnt, pid, n)?;
+        let cold_rss = cold.0.iter().find_map(|(k, v)| match v {
+            V::F(x) if *k == "rss_per_blocked_kib" => Some(*x),
+            _ => None,
+        });
+        if let Some(x) = cold_rss {
+            warm.0.push(("cold_rss_per_blocked_kib", V::F(x)));
+        }
+        rows.push(warm);
     }
     drop(server);
     let _ = std::fs::remove_dir(&base);
@@ -246,10 +288,10 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
         }
         return Ok(());
     }
-    println!("devlife bench blocked: {}; blocking handlers", machine());
+    println!("devlife bench blocked: {}; {HANDLERS} handlers, --io-uring {}", machine(), o.io_uring);
     println!(
-        "{:>8} {:>8} {:>10} {:>12} {:>10} {:>10} {:>12}",
-        "readers", "threads", "+threads", "KiB/blocked", "stats µs", "unbind ms", "last ENODEV"
+        "{:>8} {:>8} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "readers", "threads", "+threads", "KiB/blocked", "cold KiB", "stats µs", "unbind ms", "last ENODEV", "server ms"
     );
     for r in &rows {
         let g = |k: &str| {
@@ -260,14 +302,16 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
             })
         };
         println!(
-            "{:>8} {:>8} {:>10} {:>12.1} {:>10.0} {:>10.1} {:>12.1}",
+            "{:>8} {:>8} {:>10} {:>12.1} {:>10.1} {:>10.0} {:>10.1} {:>12.1} {:>10.0}",
             g("readers"),
             g("server_threads"),
             g("threads_added"),
             g("rss_per_blocked_kib"),
+            g("cold_rss_per_blocked_kib"),
             g("stats_read_us"),
             g("unbind_ms"),
-            g("unbind_to_last_enodev_ms")
+            g("unbind_to_last_enodev_ms"),
+            g("server_cpu_ms")
         );
     }
     Ok(())

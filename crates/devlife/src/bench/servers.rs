@@ -186,6 +186,11 @@ impl Server {
 
     /// Starts `who` on a fresh mount under `base` (built peers in `peers`).
     pub fn start(who: Contender, base: &Path, exe: &Path, root: &Path) -> Result<Server, String> {
+        Self::start_with(who, base, exe, root, &[])
+    }
+
+    /// [`start`](Self::start), with `extra` arguments for a devlife server.
+    pub fn start_with(who: Contender, base: &Path, exe: &Path, root: &Path, extra: &[&str]) -> Result<Server, String> {
         if who == Contender::DevZero {
             return Ok(Server { who, file: "/dev/zero".into(), mount: None, child: None });
         }
@@ -207,7 +212,7 @@ impl Server {
         match who {
             Contender::Devlife | Contender::DevlifeUngated | Contender::DevlifeCuse => {
                 let mut cmd = Command::new(exe);
-                cmd.arg("serve").arg("--log").arg("warn").arg("--mount").arg(&mount);
+                cmd.arg("serve").arg("--log").arg("warn").arg("--mount").arg(&mount).args(extra);
                 if who == Contender::DevlifeUngated {
                     cmd.arg("--ungated");
                 }
