@@ -19,8 +19,9 @@
 //!
 //! # Threads
 //!
-//! One per CPU (at most [`MAX_THREADS`]), started at the first wake-up and
-//! kept. A poll must not block: it runs on one of these, and blocking it
+//! One, started at the first wake-up, and more (one per CPU, at most
+//! [`MAX_THREADS`]) only when a task is queued while every executor thread
+//! is busy polling; they are kept. A poll must not block: it runs on one of these, and blocking it
 //! holds up every other pending future behind it. The first poll of every
 //! future runs on the transport's thread instead, where a handler that
 //! completes at once costs no hand-over.
@@ -114,28 +115,39 @@ pub(crate) fn in_context<R>(poll: impl FnOnce() -> R) -> R {
     }
 }
 
+#[derive(Default)]
+struct Queue {
+    tasks: VecDeque<Arc<dyn Runnable>>,
+    /// Executor threads started, and those waiting for a task.
+    threads: usize,
+    idle: usize,
+}
+
 struct RunQueue {
-    queue: Mutex<VecDeque<Arc<dyn Runnable>>>,
+    queue: Mutex<Queue>,
     more: Condvar,
+    max: usize,
 }
 
 static RUN_QUEUE: OnceLock<Arc<RunQueue>> = OnceLock::new();
 
 fn run_queue() -> &'static Arc<RunQueue> {
     RUN_QUEUE.get_or_init(|| {
-        let rq = Arc::new(RunQueue { queue: Mutex::new(VecDeque::new()), more: Condvar::new() });
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
-        for i in 0..n {
-            let rq = rq.clone();
-            let r = std::thread::Builder::new().name(format!("devlife-async-{i}")).spawn(move || worker(&rq));
-            if let Err(e) = r {
-                // Another thread runs the queue; with none, the pending
-                // handlers wait for removal (which drops them).
-                tracing::error!("cannot start executor thread {i}: {e}");
-            }
-        }
-        rq
+        let max = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
+        Arc::new(RunQueue { queue: Mutex::new(Queue::default()), more: Condvar::new(), max })
     })
+}
+
+/// Starts executor thread number `i`.
+fn start(rq: &Arc<RunQueue>, i: usize) -> bool {
+    let rq = rq.clone();
+    let r = std::thread::Builder::new().name(format!("devlife-async-{i}")).spawn(move || worker(&rq));
+    if let Err(e) = &r {
+        // Another thread runs the queue; with none, the pending handlers
+        // wait for their removal (which drops them).
+        tracing::error!("cannot start executor thread {i}: {e}");
+    }
+    r.is_ok()
 }
 
 fn worker(rq: &RunQueue) {
@@ -143,10 +155,12 @@ fn worker(rq: &RunQueue) {
         let task = {
             let mut q = lock(&rq.queue);
             loop {
-                if let Some(t) = q.pop_front() {
+                if let Some(t) = q.tasks.pop_front() {
                     break t;
                 }
+                q.idle += 1;
                 q = wait(&rq.more, q);
+                q.idle -= 1;
             }
         };
         task.run();
@@ -156,11 +170,25 @@ fn worker(rq: &RunQueue) {
 /// Queues `task` to be run by an executor thread.
 pub(crate) fn schedule(task: Arc<dyn Runnable>) {
     let rq = run_queue();
-    lock(&rq.queue).push_back(task);
+    let start_one = {
+        let mut q = lock(&rq.queue);
+        q.tasks.push_back(task);
+        // Every thread busy (or none yet): one more, up to the limit.
+        let more = q.idle == 0 && q.threads < rq.max;
+        if more {
+            q.threads += 1;
+        }
+        more.then_some(q.threads - 1)
+    };
     rq.more.notify_one();
+    if let Some(i) = start_one {
+        if !start(rq, i) {
+            lock(&rq.queue).threads -= 1;
+        }
+    }
 }
 
 /// Woken tasks not yet run (a snapshot, for statistics).
 pub fn queued() -> usize {
-    RUN_QUEUE.get().map_or(0, |rq| lock(&rq.queue).len())
+    RUN_QUEUE.get().map_or(0, |rq| lock(&rq.queue).tasks.len())
 }
