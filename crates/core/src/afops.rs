@@ -7,7 +7,7 @@
 //! async handler gets that: its future is polled once on the transport's
 //! thread; if it is pending, the request is deferred, the thread goes back
 //! to serving, and the future waits as memory until its waker fires (a
-//! [`WaitQueue::wait_until`], a tokio channel, a USB transfer), when one of
+//! [`WaitQueue::wait_until`](devlife_gate::WaitQueue::wait_until), a tokio channel, a USB transfer), when one of
 //! a few executor threads ([`crate::exec`]) polls it again.
 //!
 //! # The removal guarantee, for futures

@@ -26,7 +26,9 @@ impl Cgroup {
         let name = format!("devlife-test-{}", std::process::id());
         let (dir, v2) = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
             (Path::new("/sys/fs/cgroup/pids").join(&name), false)
-        } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok_and(|c| c.contains("pids")) {
+        } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("pids"))
+        {
             (Path::new("/sys/fs/cgroup").join(&name), true)
         } else {
             return None;
@@ -40,7 +42,8 @@ impl Cgroup {
     }
 
     fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("moving the server into the cgroup");
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string())
+            .expect("moving the server into the cgroup");
     }
 
     fn current(&self) -> u64 {
@@ -85,7 +88,10 @@ fn a_server_at_its_task_limit_holds_5000_blocked_readers_and_answers() {
         return;
     }
     let Some(cg) = Cgroup::new() else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "no pids cgroup controller here, and CI=true requires it");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no pids cgroup controller here, and CI=true requires it"
+        );
         eprintln!("skipped: no pids cgroup controller");
         return;
     };
@@ -127,13 +133,19 @@ fn a_server_at_its_task_limit_holds_5000_blocked_readers_and_answers() {
     assert_eq!(st["pending_ops"], READERS as u64, "{st:?}");
     assert!(cg.current() <= PIDS_MAX, "the server's tasks: {}", cg.current());
     // The server answers at its limit: control files, a stat, its stats.
-    let (stats, fuse, dir) = (s.p("debug/devlife/stats"), s.p("debug/devlife/fuse"), s.p("sys/bus/sim/drivers/xyz"));
+    let (stats, fuse, dir) =
+        (s.p("debug/devlife/stats"), s.p("debug/devlife/fuse"), s.p("sys/bus/sim/drivers/xyz"));
     let fuse_text = guarded("debug/devlife/stats, debug/devlife/fuse and a stat", move || {
         std::fs::read_to_string(&stats).unwrap();
         std::fs::metadata(&dir).unwrap();
         std::fs::read_to_string(&fuse).unwrap()
     });
-    eprintln!("server at its limit: {} tasks, {} forks refused; {}", cg.current(), cg.refused(), fuse_text.replace('\n', " "));
+    eprintln!(
+        "server at its limit: {} tasks, {} forks refused; {}",
+        cg.current(),
+        cg.refused(),
+        fuse_text.replace('\n', " ")
+    );
     // No client thread sleeps uninterruptibly: each waits in the kernel's
     // interruptible wait for its reply.
     for (c, _) in &clients {

@@ -138,7 +138,8 @@ impl<F: Filesystem> CuseDevice<F> {
         self.session.notifier()
     }
 
-    /// Removes the device: aborts the channel (calls in the server then
+    /// Removes the device: waits (at most 5 s) until every deferred request
+    /// of the channel is answered, aborts the channel (calls in the server then
     /// fail `ECONNABORTED`, later calls on its open files `ENOTCONN`),
     /// waits for every worker to leave, and closes the channel, which
     /// unregisters the device and frees its name. Returns once the kernel
@@ -150,10 +151,19 @@ impl<F: Filesystem> CuseDevice<F> {
     }
 
     fn shut(&mut self) {
+        /// How long a close waits for the channel's deferred requests.
+        const DEFERRED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
         let s = &self.session.shared;
+        // Deferred requests are answered first: the abort would end them
+        // `ECONNABORTED`. After a removal every one of them has its answer
+        // on the way (the core sends them right after the removal returns).
+        let left = s.inflight.deferred.wait_empty(DEFERRED_GRACE);
+        if left != 0 {
+            tracing::warn!(device = %self.name, left, "closing the CUSE channel with deferred requests unanswered");
+        }
         if !s.is_ended() {
             if let Err(e) = std::fs::write(class_dir(&self.name).join("abort"), "1") {
                 // Workers asleep in read(2) on the channel would never

@@ -39,7 +39,7 @@ use rustc_hash::FxHashMap;
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use zerocopy::IntoBytes;
 
 /// Where a deferred request's reply goes.
@@ -64,6 +64,8 @@ pub(crate) trait RingTarget: Send {
 #[derive(Default)]
 pub(crate) struct DeferredTable {
     map: Mutex<FxHashMap<u64, Arc<CancelSource>>>,
+    /// Notified when `map` becomes empty.
+    empty: Condvar,
 }
 
 impl std::fmt::Debug for DeferredTable {
@@ -82,8 +84,30 @@ impl DeferredTable {
     }
 
     fn remove(&self, unique: u64) {
-        let src = lock(&self.map).remove(&unique);
+        let src = {
+            let mut map = lock(&self.map);
+            let src = map.remove(&unique);
+            if map.is_empty() {
+                self.empty.notify_all();
+            }
+            src
+        };
         drop(src);
+    }
+
+    /// Waits until no request is deferred, for at most `timeout`; returns
+    /// how many still are.
+    pub(crate) fn wait_empty(&self, timeout: std::time::Duration) -> usize {
+        let end = std::time::Instant::now() + timeout;
+        let mut map = lock(&self.map);
+        while !map.is_empty() {
+            let now = std::time::Instant::now();
+            if now >= end {
+                break;
+            }
+            map = devlife_gate::sync::wait_timeout(&self.empty, map, end - now);
+        }
+        map.len()
     }
 
     /// How many requests are deferred now.

@@ -13,6 +13,8 @@
 //!   typed [`DecodeError`](decode::DecodeError).
 //! * [`mount`]: `mount(2)` as root, `fusermount3` otherwise, stale mounts.
 //! * [`Session`]: INIT, workers, interrupts, dispatch to a [`Filesystem`].
+//! * [`Deferred`]: a reply sent later, from any thread
+//!   ([`Req::defer`]): a request that waits holds no worker.
 //! * [`cuse`]: a character device through `/dev/cuse` ([`CuseDevice`]).
 //! * [`Notifier`]: poll wake-ups, entry invalidation and deletion.
 

@@ -291,7 +291,15 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
     println!("devlife bench blocked: {}; {HANDLERS} handlers, --io-uring {}", machine(), o.io_uring);
     println!(
         "{:>8} {:>8} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12} {:>10}",
-        "readers", "threads", "+threads", "KiB/blocked", "cold KiB", "stats µs", "unbind ms", "last ENODEV", "server ms"
+        "readers",
+        "threads",
+        "+threads",
+        "KiB/blocked",
+        "cold KiB",
+        "stats µs",
+        "unbind ms",
+        "last ENODEV",
+        "server ms"
     );
     for r in &rows {
         let g = |k: &str| {

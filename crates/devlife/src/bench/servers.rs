@@ -190,7 +190,13 @@ impl Server {
     }
 
     /// [`start`](Self::start), with `extra` arguments for a devlife server.
-    pub fn start_with(who: Contender, base: &Path, exe: &Path, root: &Path, extra: &[&str]) -> Result<Server, String> {
+    pub fn start_with(
+        who: Contender,
+        base: &Path,
+        exe: &Path,
+        root: &Path,
+        extra: &[&str],
+    ) -> Result<Server, String> {
         if who == Contender::DevZero {
             return Ok(Server { who, file: "/dev/zero".into(), mount: None, child: None });
         }

@@ -87,8 +87,16 @@
 //! request waits for the next leader to answer, the queue would take no
 //! new request until one of those handlers returns (the readers waiting
 //! for the write queued behind them): the next leader registers another
-//! entry. Entries are memory, kept until the connection ends (the kernel
-//! has no command that withdraws one).
+//! entry. A deferred request ([`crate::defer`]: an async handler's
+//! pending future) holds its entry too, without a thread: its reply is
+//! written into the entry and committed by the leader ([`parked`]); when
+//! every entry is held the leader registers a quarter more (at most 256
+//! at a time), so thousands of waiting requests cost entries and a few
+//! dozen kicks. Entries are memory, kept until the connection ends (the
+//! kernel has no command that withdraws one, and cannot take an entry
+//! back while a request is on it); an entry the kernel has not written a
+//! request into is not resident, and one that has is its header page and
+//! the payload pages the request and reply touched.
 //!
 //! # Kicks
 //!
