@@ -115,7 +115,8 @@ pub struct Counters {
     /// Ring queue threads now, over all queues: each queue's leader, its
     /// idle threads, and threads finishing a request begun as leader.
     pub ring_workers: usize,
-    /// Times a ring queue grew and kicked itself.
+    /// Kick requests (`STATFS`) ring queues sent themselves after growing,
+    /// one per entry added.
     pub ring_kicks: u64,
     /// `io_uring_enter` calls of the ring threads:
     /// `ring_requests / ring_enters` is how many requests one call served.

@@ -12,15 +12,16 @@ use std::sync::mpsc::Receiver;
 /// What the kicker is sent when the session ends (no queue has it).
 pub(super) const END: u16 = u16::MAX;
 
-/// For each queue it is told about, starts a thread that sends one
-/// `STATFS` from that queue's CPU (see "Kicks": never from this thread);
-/// until it is sent [`END`].
-pub(super) fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], rx: Receiver<u16>) {
+/// For each `(queue, n)` it is told about, starts a thread that sends `n`
+/// `STATFS`, one after another, from that queue's CPU (one per entry the
+/// queue added: each reply's commit fetches one request waiting in the
+/// kernel; see "Kicks": never from this thread); until it is sent [`END`].
+pub(super) fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], rx: Receiver<(u16, usize)>) {
     let Some(dir) = s.config.mount_dir.clone() else {
         tracing::warn!("no mount directory: ring queues that grow are not kicked");
         return;
     };
-    for qid in rx {
+    for (qid, n) in rx {
         if qid == END || s.is_ended() {
             break;
         }
@@ -28,9 +29,9 @@ pub(super) fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], r
         let (q, stats, dir) = (q.clone(), s.stats.clone(), dir.clone());
         let sent = std::thread::Builder::new().name(format!("fuse-kick-{qid}")).spawn(move || {
             super::pin(&q);
-            // The answer does not matter, only that a reply is committed.
-            if kick(&dir).is_ok() {
-                stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+            // The answers do not matter, only that replies are committed.
+            if let Err(e) = kick(&dir, n, &stats) {
+                tracing::debug!("kick: {e}");
             }
         });
         if let Err(e) = sent {
@@ -39,7 +40,7 @@ pub(super) fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], r
     }
 }
 
-/// Sends one `STATFS` through the mount at `dir`, from a thread whose
+/// Sends `n` `STATFS` through the mount at `dir`, from a thread whose
 /// descriptor table holds nothing else.
 ///
 /// A request to our own mount may be read by a worker and then never be
@@ -54,7 +55,7 @@ pub(super) fn kicker<F: Filesystem>(s: &Arc<Shared<F>>, queues: &[Arc<Queue>], r
 /// every copy in it: the server's table, and with it `/dev/fuse`, is then
 /// released when its other threads exit, the abort ends this request, and
 /// this thread exits too.
-fn kick(dir: &std::path::Path) -> rustix::io::Result<()> {
+fn kick(dir: &std::path::Path, n: usize, stats: &crate::session::TransportStats) -> rustix::io::Result<()> {
     use rustix::fs::{Mode, OFlags};
     // SAFETY: after this, this thread sees none of the process's
     // descriptors (its table is a copy, closed below) and uses none: it
@@ -71,5 +72,9 @@ fn kick(dir: &std::path::Path) -> rustix::io::Result<()> {
         ));
     }
     let root = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-    rustix::fs::fstatfs(&root).map(drop)
+    for _ in 0..n.max(1) {
+        rustix::fs::fstatfs(&root)?;
+        stats.ring_kicks.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }

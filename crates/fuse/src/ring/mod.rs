@@ -103,13 +103,13 @@
 //! A new entry serves only requests that arrive after it: requests already
 //! waiting for an entry are handed out only by a commit on their queue
 //! (`fuse_uring_next_fuse_req`), and while every handler of the queue
-//! sleeps there is none. So a queue that grew has a thread ([`kick`]) send
-//! one `STATFS` from that CPU: it takes the new entry, and the commit of
-//! its reply fetches the waiting request. Each kick is sent by a
-//! short-lived thread of its own: a kick may itself arrive when every
-//! entry of its queue is taken and wait for the next one, and a single
-//! sending thread blocked in it would hold back the kick of that next
-//! entry.
+//! sleeps (or defers) there is none. So a queue that grew has a thread
+//! ([`kick`]) send one `STATFS` from that CPU per entry added, one after
+//! another: each takes a new entry, and the commit of its reply fetches a
+//! waiting request. Each growth's kicks are sent by a short-lived thread
+//! of its own: a kick may itself arrive when every entry of its queue is
+//! taken and wait for the next one, and a single sending thread blocked in
+//! it would hold back the kicks of the growth that frees it.
 //!
 //! # Scheduling
 //!
@@ -200,7 +200,7 @@ pub(crate) fn start<F: Filesystem>(s: &Arc<Shared<F>>) -> std::io::Result<usize>
             for q in &q {
                 q.stop();
             }
-            let _ = kick_tx.send(kick::END);
+            let _ = kick_tx.send((kick::END, 0));
         });
     }
     let (reg_tx, reg_rx) = channel();

@@ -60,9 +60,9 @@ pub(super) enum Step {
     /// Handle this one next.
     Next(Entry),
     /// The batch is done: wait on the ring with the token, then
-    /// [`enter_end`](Queue::enter_end). `true` if entries were added
-    /// (submit them and ask for a kick first).
-    Wait(Box<Token>, bool),
+    /// [`enter_end`](Queue::enter_end). With the number of entries added
+    /// (submit them and ask for that many kicks first).
+    Wait(Box<Token>, usize),
     /// It no longer leads: it keeps the reply it wrote (entry, commit id).
     Handed(Entry, u64),
     /// It no longer leads, and its request was deferred: nothing to finish.
@@ -135,7 +135,7 @@ pub(super) struct Queue {
     /// Most threads (`Config::max_workers`).
     max_threads: usize,
     /// Where a queue that grew asks for a kick.
-    pub(super) kicks: Sender<u16>,
+    pub(super) kicks: Sender<(u16, usize)>,
     /// Requests and `io_uring_enter` calls, for the transport's counts.
     pub(super) counters: Arc<CachePadded<RingCounters>>,
     state: Mutex<State>,
@@ -148,7 +148,7 @@ impl Queue {
         cpu: Option<usize>,
         payload: usize,
         max_threads: usize,
-        kicks: Sender<u16>,
+        kicks: Sender<(u16, usize)>,
         counters: Arc<CachePadded<RingCounters>>,
     ) -> Self {
         Queue {
@@ -279,7 +279,7 @@ impl Queue {
         self.settle(st);
         st.in_enter = true;
         match st.token.take() {
-            Some(t) => Step::Wait(t, added > 0),
+            Some(t) => Step::Wait(t, added),
             None => Step::Stopped(None),
         }
     }
@@ -329,10 +329,12 @@ impl Queue {
         st.running = false;
         // Every entry held (this one among them) and none queued for the
         // leader: requests would wait in the kernel until a deferred reply
-        // comes, so more entries take them (after a kick). A quarter more
-        // at a time: thousands of waiting requests cost a few dozen kicks,
-        // not one each, and an entry the kernel has not written to is not
-        // resident.
+        // comes, so more entries take them (after as many kicks: a new
+        // entry gets no request already waiting, only a commit fetches
+        // one, and this entry's commit waits for its reply). A quarter
+        // more at a time: thousands of waiting requests cost a few dozen
+        // registrations and kick threads, and an entry the kernel has not
+        // written to is not resident.
         let all_held = st.held >= st.entries;
         let more = (st.entries / 4).clamp(1, GROW_MAX);
         if let Some(t) = st.token.as_mut() {
@@ -576,7 +578,7 @@ mod tests {
         };
         // Its commit is pushed, the batch is empty: it waits on the ring.
         match q.finish(1, e, id) {
-            Finish::Lead(Step::Wait(_, grew)) => assert!(grew, "the growth asked for is registered"),
+            Finish::Lead(Step::Wait(_, added)) => assert_eq!(added, 1, "the growth asked for is registered"),
             _ => panic!("it leads again and waits on the ring"),
         }
         let st = q.lock();

@@ -171,13 +171,13 @@ fn lead<F: Filesystem>(
                     q.defer_next(me)
                 }
             },
-            Step::Wait(mut t, grew) => {
-                if grew {
+            Step::Wait(mut t, added) => {
+                if added > 0 {
                     // The new entries must be registered before the kick's
                     // request is sent (see "Kicks").
                     match t.submit(me) {
                         Ok(()) => {
-                            let _ = q.kicks.send(q.qid);
+                            let _ = q.kicks.send((q.qid, added));
                         }
                         Err(e) => tracing::error!("ring queue {}: registering entries: {e}", q.qid),
                     }
