@@ -139,6 +139,11 @@ impl DeferSlot {
     /// `table` now, while its worker's slot still lists it (see
     /// "Interrupts").
     pub(crate) fn defer(&self, unique: u64, src: &Arc<CancelSource>, table: &Arc<DeferredTable>) -> Deferred {
+        if self.taken.borrow().is_some() {
+            // One reply per request: a second handle answers nothing.
+            tracing::warn!(unique, "a request was deferred twice; the second handle answers nothing");
+            return Deferred { shared: None };
+        }
         table.insert(unique, src.clone());
         let shared = Shared::new(unique, self.limits.get(), table.clone());
         *self.taken.borrow_mut() = Some(shared.clone());
@@ -282,5 +287,64 @@ impl Drop for Deferred {
 impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deferred").field("unique", &self.unique()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromBytes;
+
+    /// A pipe as the transport: what a reply writes, read back.
+    fn pipe() -> (Arc<OwnedFd>, OwnedFd) {
+        let (r, w) = std::io::pipe().unwrap();
+        (Arc::new(OwnedFd::from(w)), OwnedFd::from(r))
+    }
+
+    fn reply_of(r: &OwnedFd) -> (abi::OutHeader, Vec<u8>) {
+        let mut buf = [0u8; 256];
+        let n = rustix::io::read(r, &mut buf).unwrap();
+        let (h, rest) = abi::OutHeader::read_from_prefix(&buf[..n]).unwrap();
+        (h, rest.to_vec())
+    }
+
+    #[test]
+    fn a_reply_before_the_target_is_sent_when_the_target_is_set() {
+        let table = Arc::new(DeferredTable::default());
+        let slot = DeferSlot::default();
+        slot.limits.set(Limits { ioctl: None, max: 16 });
+        let d = slot.defer(7, &Arc::new(CancelSource::new()), &table);
+        assert_eq!(table.len(), 1, "listed for interrupts");
+        let shared = slot.taken.borrow_mut().take().unwrap();
+        d.reply_read(Ok(b"abc"));
+        assert_eq!(table.len(), 0);
+        let (w, r) = pipe();
+        shared.set_target(Target::Dev(w));
+        let (h, body) = reply_of(&r);
+        assert_eq!((h.unique, h.error, h.len), (7, 0, 19));
+        assert_eq!(body, b"abc");
+    }
+
+    #[test]
+    fn a_dropped_handle_answers_eio_and_a_second_defer_answers_nothing() {
+        let table = Arc::new(DeferredTable::default());
+        let slot = DeferSlot::default();
+        slot.limits.set(Limits { ioctl: None, max: 4 });
+        let src = Arc::new(CancelSource::new());
+        let d = slot.defer(9, &src, &table);
+        let twice = slot.defer(9, &src, &table);
+        let (w, r) = pipe();
+        slot.taken.borrow_mut().take().unwrap().set_target(Target::Dev(w.clone()));
+        drop(twice);
+        // Too long for the request: EIO, not the bytes.
+        d.reply_read(Ok(b"too long"));
+        let (h, body) = reply_of(&r);
+        assert_eq!((h.unique, h.error), (9, -Errno::IO.raw_os_error()));
+        assert!(body.is_empty());
+        drop(w);
+        let mut rest = [0u8; 16];
+        // Only the one reply was written (the pipe's other write end is
+        // the target's, dropped with it).
+        assert_eq!(rustix::io::read(&r, &mut rest).unwrap_or(0), 0);
     }
 }

@@ -34,7 +34,8 @@ impl Req<'_> {
     /// Defers the reply: the handler returns (what it returns is ignored)
     /// and the [`Deferred`] answers later, from any thread, while the
     /// transport's thread serves other requests. The request stays
-    /// interruptible through [`interrupt`](Self::interrupt).
+    /// interruptible through [`interrupt`](Self::interrupt). Once per
+    /// request: a second call's handle answers nothing.
     pub fn defer(&self) -> Deferred {
         self.defer.defer(self.unique, self.interrupt, self.deferred)
     }
