@@ -232,7 +232,8 @@ impl<F: FileOperations> Node<F> {
         // release while an interrupted request finishes); their cancellable
         // waits fail at once. Pending futures are dropped after the drain
         // (no poll runs) and before the take (they borrow the state).
-        if let (_, Some(private)) = st.private.revoke_take_with(|| self.sweep(st)) {
+        let mut ended = Vec::new();
+        if let (_, Some(private)) = st.private.revoke_take_with(|| self.sweep(st, &mut ended)) {
             let _ = self.catch("release", || {
                 ops.release(private);
                 Ok(())
@@ -240,18 +241,23 @@ impl<F: FileOperations> Node<F> {
             self.stats.released();
         }
         lock(&self.files).remove(&st.id);
+        self.answer(ended);
     }
 
-    /// Ends every pending async operation of `st` with the removal code:
-    /// each future is dropped before this returns (see [`crate::afops`]);
-    /// their callers' answers go out from an executor thread. Detached
-    /// under the lock, dropped outside it.
-    fn sweep(&self, st: &OpenState<F>) {
+    /// Drops the future of every pending async operation of `st` (see
+    /// [`crate::afops`]), each before this returns; adds the tasks whose
+    /// callers are owed the removal code to `ended`. Detached under the
+    /// lock, dropped outside it.
+    fn sweep(&self, st: &OpenState<F>, ended: &mut Vec<Arc<dyn task::Cancel>>) {
         let pending = std::mem::take(&mut *lock(&st.pending));
-        if pending.is_empty() {
-            return;
-        }
-        let ended: Vec<_> = pending.into_values().filter(|t| t.drop_future()).collect();
+        ended.extend(pending.into_values().filter(|t| t.drop_future()));
+    }
+
+    /// Sends `ended`'s callers the removal code from an executor thread:
+    /// the removal (or release) that swept them returns without waiting
+    /// for the replies and the wake-ups of their callers. Called once a
+    /// sweep is over, so the answers do not compete with it for a CPU.
+    fn answer(&self, ended: Vec<Arc<dyn task::Cancel>>) {
         if !ended.is_empty() {
             let answers = task::Answers { tasks: Mutex::new(ended), errno: self.kind.op_after_removal() };
             crate::exec::schedule(Arc::new(answers));
@@ -286,11 +292,13 @@ impl<F: FileOperations> Node<F> {
             // pending futures end now (each cancel waits for a poll in
             // progress), as the waits of blocking handlers are woken.
             let files: Vec<_> = lock(&self.files).values().cloned().collect();
+            let mut ended = Vec::new();
             for st in &files {
-                self.sweep(st);
+                self.sweep(st, &mut ended);
             }
             *lock(&self.removal) = Removal::Done;
             self.removed.notify_all();
+            self.answer(ended);
             return Removed::Complete;
         };
         if ops.gate().held_by_current_thread() {
@@ -340,11 +348,11 @@ impl<F: FileOperations> Node<F> {
         }
         // Drains; then, with every handler and every poll returned, the
         // pending futures are dropped, before the operations they borrow.
-        let mut files = Vec::new();
+        let (mut files, mut ended) = (Vec::new(), Vec::new());
         let (_, ops) = ops.revoke_take_with(|| {
             files = std::mem::take(&mut *lock(&self.files)).into_values().collect();
             for st in &files {
-                self.sweep(st);
+                self.sweep(st, &mut ended);
             }
         });
         if files.is_empty() {
@@ -376,5 +384,6 @@ impl<F: FileOperations> Node<F> {
         }
         *lock(&self.removal) = Removal::Done;
         self.removed.notify_all();
+        self.answer(ended);
     }
 }
