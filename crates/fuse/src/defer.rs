@@ -191,7 +191,6 @@ impl Shared {
 
     /// The reply: to the target if it is set, else kept for it.
     fn reply(&self, error: i32, body: &[u8]) {
-        self.table.remove(self.unique);
         let target = {
             let mut st = lock(&self.state);
             match st.target.take() {
@@ -205,6 +204,9 @@ impl Shared {
         self.send(target, error, body);
     }
 
+    /// Sends the reply, then takes the request off the table: a close
+    /// that waits for the table to empty ([`DeferredTable::wait_empty`])
+    /// comes after the reply is written.
     fn send(&self, target: Target, error: i32, body: &[u8]) {
         match target {
             Target::Dev(fd) => match crate::reply::send(&*fd, self.unique, error, &[body]) {
@@ -214,6 +216,7 @@ impl Shared {
             },
             Target::Ring(entry) => entry.reply(error, body),
         }
+        self.table.remove(self.unique);
     }
 }
 
@@ -317,9 +320,10 @@ mod tests {
         assert_eq!(table.len(), 1, "listed for interrupts");
         let shared = slot.taken.borrow_mut().take().unwrap();
         d.reply_read(Ok(b"abc"));
-        assert_eq!(table.len(), 0);
+        assert_eq!(table.len(), 1, "listed until the reply is written");
         let (w, r) = pipe();
         shared.set_target(Target::Dev(w));
+        assert_eq!(table.len(), 0);
         let (h, body) = reply_of(&r);
         assert_eq!((h.unique, h.error, h.len), (7, 0, 19));
         assert_eq!(body, b"abc");
