@@ -99,8 +99,10 @@ pub(crate) fn file_ioctl(
         Started::Pending(p) => {
             let d = req.defer();
             p.on_complete(move |r| {
-                let r = r.map_err(kerr).and_then(|done| Ok((ioctl_reply(&done.outcome)?, done.output)));
-                d.reply_ioctl(r.as_ref().map(|(reply, out)| (reply.clone(), &out[..])).map_err(|e| *e));
+                match r.map_err(kerr).and_then(|done| Ok((ioctl_reply(&done.outcome)?, done.output))) {
+                    Ok((reply, output)) => d.reply_ioctl(Ok((reply, &output))),
+                    Err(e) => d.reply_ioctl(Err(e)),
+                }
             });
             // Ignored: the reply is deferred.
             Ok(IoctlReply::Done(0))

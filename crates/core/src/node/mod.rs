@@ -348,18 +348,19 @@ impl<F: FileOperations> Node<F> {
         }
         // Drains; then, with every handler and every poll returned, the
         // pending futures are dropped, before the operations they borrow.
-        let (mut files, mut ended) = (Vec::new(), Vec::new());
+        let mut ended = Vec::new();
+        let take_files = || -> Vec<_> { std::mem::take(&mut *lock(&self.files)).into_values().collect() };
+        let mut swept = None;
         let (_, ops) = ops.revoke_take_with(|| {
-            files = std::mem::take(&mut *lock(&self.files)).into_values().collect();
+            let files = take_files();
             for st in &files {
                 self.sweep(st, &mut ended);
             }
+            swept = Some(files);
         });
-        if files.is_empty() {
-            // Not drained by this thread (see `revoke_take_with`): nothing
-            // was taken, and no sweep ran.
-            files = std::mem::take(&mut *lock(&self.files)).into_values().collect();
-        }
+        // `None`: not drained by this thread (see `revoke_take_with`), so
+        // nothing was taken and no sweep ran.
+        let files = swept.unwrap_or_else(take_files);
         if let Some(ops) = ops {
             // No handler runs now, but a transport may still be inside a
             // file's own gate (a release waiting for an interrupted request);

@@ -271,13 +271,7 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
     for n in sizes {
         let cold = once(&exe, &mnt, pid, n)?;
         let mut warm = once(&exe, &mnt, pid, n)?;
-        let cold_rss = cold.0.iter().find_map(|(k, v)| match v {
-            V::F(x) if *k == "rss_per_blocked_kib" => Some(*x),
-            _ => None,
-        });
-        if let Some(x) = cold_rss {
-            warm.0.push(("cold_rss_per_blocked_kib", V::F(x)));
-        }
+        warm.0.push(("cold_rss_per_blocked_kib", V::F(cold.num("rss_per_blocked_kib"))));
         rows.push(warm);
     }
     drop(server);
@@ -302,13 +296,7 @@ fn run_inner(o: &BlockedOpts) -> Result<(), String> {
         "server ms"
     );
     for r in &rows {
-        let g = |k: &str| {
-            r.0.iter().find(|(n, _)| *n == k).map_or(f64::NAN, |(_, v)| match v {
-                V::F(x) => *x,
-                V::I(x) => *x as f64,
-                V::S(_) => f64::NAN,
-            })
-        };
+        let g = |k: &str| r.num(k);
         println!(
             "{:>8} {:>8} {:>10} {:>12.1} {:>10.1} {:>10.0} {:>10.1} {:>12.1} {:>10.0}",
             g("readers"),

@@ -42,6 +42,15 @@ pub enum V {
 pub struct Row(pub Vec<(&'static str, V)>);
 
 impl Row {
+    /// Field `k` as a number (`NaN` if missing or a string), for tables.
+    pub fn num(&self, k: &str) -> f64 {
+        self.0.iter().find(|(n, _)| *n == k).map_or(f64::NAN, |(_, v)| match v {
+            V::F(x) => *x,
+            V::I(x) => *x as f64,
+            V::S(_) => f64::NAN,
+        })
+    }
+
     /// The row as one JSON object.
     pub fn json(&self) -> String {
         let mut s = String::from("{");

@@ -279,12 +279,7 @@ fn run_inner(o: &UnplugOpts) -> Result<(), String> {
             "op", "open files", "hammer ops/s", "p50 µs", "p99 µs", "max µs"
         );
         for (op, files, r) in &rows {
-            let f = |k: &str| {
-                r.0.iter().find(|(n, _)| *n == k).map_or(f64::NAN, |(_, v)| match v {
-                    V::F(x) => *x,
-                    _ => f64::NAN,
-                })
-            };
+            let f = |k: &str| r.num(k);
             println!(
                 "{op:<16} {files:>10} {:>14.0} {:>12.1} {:>12.1} {:>12.1}",
                 f("ops_per_s"),
