@@ -18,9 +18,18 @@ pub struct Opts {
     pub allow_other: bool,
     /// Serve through FUSE over io_uring: `auto` when the kernel offers it
     /// (`/sys/module/fuse/parameters/enable_uring`), `on` to enable it
-    /// first (root), `off` for `/dev/fuse` only.
-    #[arg(long, value_enum, default_value_t = IoUring::Auto)]
-    pub io_uring: IoUring,
+    /// first (root), `off` for `/dev/fuse` only. Default:
+    /// `$DEVLIFE_IO_URING`, else `auto`.
+    #[arg(long, value_enum)]
+    pub io_uring: Option<IoUring>,
+    /// Survive the server's own death: a small keeper process holds the
+    /// mount's connection, restarts the server when it is killed or
+    /// crashes, and passes it the connection; files opened before then
+    /// answer ENODEV, as a removed device's do, and new opens reach the
+    /// new server (docs/ARCHITECTURE.md, "Restarts"). Under systemd with a
+    /// descriptor store, the store keeps the connection instead.
+    #[arg(long)]
+    pub supervise: bool,
     /// Also serve every device node as a real character device,
     /// `/dev/<name>`, over CUSE (root; the kernel needs `cuse`).
     #[arg(long)]
@@ -124,17 +133,21 @@ fn serve(o: &Opts) -> Result<(), String> {
     devlife_serve::init_logging(o.log.as_deref());
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
+    let mut opts = Options::new().allow_other(o.allow_other).owner(uid, gid).supervise(o.supervise);
+    if let Some(choice) = o.io_uring {
+        opts = opts.io_uring(match choice {
+            IoUring::Auto => devlife_serve::IoUring::Auto,
+            IoUring::On => devlife_serve::IoUring::On,
+            IoUring::Off => devlife_serve::IoUring::Off,
+        });
+    }
+    // The keeper, if asked for, holds no driver: it becomes one here.
+    devlife_serve::supervise(&opts).map_err(|e| e.to_string())?;
     let sys = if o.ungated { System::ungated() } else { System::new() };
     let sys = build_system(sys, uid, gid).map_err(|e| format!("cannot set up the drivers: {e}"))?;
     if o.ungated {
         eprintln!("devlife serve: ungated: removals do not wait for handlers (measurement only)");
     }
-    let io_uring = match o.io_uring {
-        IoUring::Auto => devlife_serve::IoUring::Auto,
-        IoUring::On => devlife_serve::IoUring::On,
-        IoUring::Off => devlife_serve::IoUring::Off,
-    };
-    let mut opts = Options::new().allow_other(o.allow_other).io_uring(io_uring).owner(uid, gid);
     if o.cuse {
         opts = opts.cuse(true);
     }
@@ -151,7 +164,9 @@ fn serve(o: &Opts) -> Result<(), String> {
     if server.cuse() {
         eprintln!("devlife serve: device nodes also in /dev over CUSE");
     }
-    println!("ready {}", server.mount_path().display());
-    let _ = std::io::stdout().flush();
+    // Not println!: a restarted server's stdout may be a pipe its first
+    // reader closed, and a failed write must not end the server.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {}", server.mount_path().display()).and_then(|()| out.flush());
     server.run_until_signal().map(drop).map_err(|e| e.to_string())
 }

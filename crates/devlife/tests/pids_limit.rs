@@ -65,15 +65,6 @@ impl Drop for Cgroup {
     }
 }
 
-/// Thread states of process `pid` (the `State:` letters of its tasks).
-fn states(pid: u32) -> Vec<char> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
-        .filter_map(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
-        .collect()
-}
-
 fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(f()));

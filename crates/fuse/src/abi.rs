@@ -121,11 +121,19 @@ pub mod op {
     }
 }
 
+/// Set in the id of a request the kernel sends again after
+/// [`notify::RESEND`] (`FUSE_UNIQUE_RESEND`): its reply carries the id as
+/// it came.
+pub const UNIQUE_RESEND: u64 = 1 << 63;
+
 /// Notification codes (the `error` field of a notification's header).
 pub mod notify {
     pub const POLL: i32 = 1;
     pub const INVAL_ENTRY: i32 = 3;
     pub const DELETE: i32 = 6;
+    /// `FUSE_NOTIFY_RESEND` (7.40, Linux 6.9): the kernel queues again
+    /// every request read and not yet answered.
+    pub const RESEND: i32 = 7;
 }
 
 /// INIT flags.

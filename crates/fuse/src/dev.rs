@@ -1,7 +1,9 @@
 //! The `/dev/fuse` transport: a pool of workers reading the connection.
 //!
 //! Each worker reads requests from its own clone of the connection
-//! (`FUSE_DEV_IOC_CLONE`) and handles them to the end, blocking if the
+//! (`FUSE_DEV_IOC_CLONE`; the session's descriptor itself for a session
+//! that outlives its server, see [`Config::clone_devices`](crate::Config))
+//! and handles them to the end, blocking if the
 //! handler blocks. A worker that takes a request while no other worker is
 //! idle starts another one first (up to `max_workers`), so a handler
 //! blocked on a device never stops unrelated requests; surplus idle workers
@@ -72,7 +74,7 @@ pub(crate) fn spawn_worker<F: Filesystem>(s: &Arc<Shared<F>>) {
     }
     let started = s.spawn("fuse-worker", |s| {
         s.stats.dev_workers.fetch_add(1, Ordering::Relaxed);
-        let fd = clone_fd(&s.master, s.cuse);
+        let fd = if s.config.clone_devices { clone_fd(&s.master, s.cuse) } else { s.master.clone() };
         worker(s, &fd);
         s.dev.workers.fetch_sub(1, Ordering::AcqRel);
         s.stats.dev_workers.fetch_sub(1, Ordering::Relaxed);

@@ -39,4 +39,4 @@ pub use defer::Deferred;
 pub use fs::{DirBuf, Entry, FileAttr, Filesystem, IoVec, IoctlArgs, IoctlReply, Opened, ReadArgs, Req};
 pub use notify::Notifier;
 pub use rustix::io::Errno;
-pub use session::{Config, Counters, Session, Transport, TransportStats};
+pub use session::{Config, Counters, Negotiated, Session, Transport, TransportStats};

@@ -112,6 +112,15 @@ impl Mount {
         self.fd.take()
     }
 
+    /// The mount at `dir` made by an earlier server of connection `fd`,
+    /// which this process serves now (the connection outlived that
+    /// server): dropping it unmounts, as for one made here. `dir` is made
+    /// absolute without being looked at: until a server reads the
+    /// connection, a look would wait for it.
+    pub fn adopt(dir: &Path, fd: OwnedFd) -> io::Result<Mount> {
+        Ok(Mount { fd: Some(fd), dir: std::path::absolute(dir)? })
+    }
+
     /// Unmounts now.
     pub fn unmount(mut self) -> io::Result<()> {
         let dir = std::mem::take(&mut self.dir);

@@ -53,6 +53,18 @@ pub struct Config {
     /// without it a request that arrives while its queue is growing waits
     /// for the queue's next reply.
     pub mount_dir: Option<PathBuf>,
+    /// Whether each `/dev/fuse` worker reads a clone of the connection
+    /// (`FUSE_DEV_IOC_CLONE`, its own processing queue in the kernel), or
+    /// every worker the session's descriptor itself.
+    ///
+    /// A session that must survive its server ([`Session::resume`]) turns
+    /// it off: when a descriptor is closed, the kernel ends every request
+    /// read through it and not yet answered with `ECONNABORTED`
+    /// (`fuse_dev_release`), and a killed server closes its clones. The
+    /// session's descriptor, held by a keeper as well, is not closed, so
+    /// what the dead server read stays in its processing queue, and the
+    /// next server has the kernel send it again (`FUSE_NOTIFY_RESEND`).
+    pub clone_devices: bool,
 }
 
 impl Default for Config {
@@ -63,19 +75,21 @@ impl Default for Config {
             max_write: 128 * 1024,
             io_uring: true,
             mount_dir: None,
+            clone_devices: true,
         }
     }
 }
 
-/// What INIT settled.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Negotiated {
+/// What INIT settled: kept by whoever restarts a server on the same
+/// connection ([`Session::resume`]), as the kernel sends INIT only once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
     /// Largest write, and largest read reply.
-    pub(crate) max_write: u32,
+    pub max_write: u32,
     /// `max_pages`: the largest request in pages.
-    pub(crate) max_pages: u16,
+    pub max_pages: u16,
     /// Whether FUSE over io_uring was agreed.
-    pub(crate) ring: bool,
+    pub ring: bool,
 }
 
 /// How requests reach the server.
@@ -346,6 +360,47 @@ impl<F: Filesystem> Session<F> {
     ) -> std::io::Result<Self> {
         let master = Arc::new(fd);
         let negotiated = handshake(&master, &config)?;
+        Ok(Self::serve(master, fs, config, negotiated, stats))
+    }
+
+    /// Serves a connection an earlier server of it initialised (and then
+    /// died or handed over): `negotiated` is what that server's INIT
+    /// settled. The kernel is asked to send again every request the
+    /// earlier server read and did not answer (`FUSE_NOTIFY_RESEND`, Linux
+    /// 6.9), which reach `fs` like any other, with
+    /// [`abi::UNIQUE_RESEND`] set in their ids; only requests read through
+    /// a descriptor that is still open come back (see
+    /// [`Config::clone_devices`]).
+    ///
+    /// Fails with `ENOTCONN` when the connection has ended (unmounted, or
+    /// aborted through `/sys/fs/fuse/connections`).
+    pub fn resume(
+        fd: OwnedFd,
+        fs: F,
+        config: Config,
+        negotiated: Negotiated,
+        stats: Arc<TransportStats>,
+    ) -> std::io::Result<Self> {
+        let master = Arc::new(fd);
+        // The resend comes first: requests still queued for the earlier
+        // server's rings or descriptors are then ahead of new ones.
+        match crate::reply::send(&master, 0, abi::notify::RESEND, &[]) {
+            Ok(()) => {}
+            Err(Errno::NODEV | Errno::NOTCONN | Errno::CONNABORTED) => return Err(Errno::NOTCONN.into()),
+            // EINVAL: a kernel before 6.9. Requests the earlier server held
+            // are then answered by nobody until the connection ends.
+            Err(e) => tracing::warn!("the kernel cannot resend the earlier server's requests ({e})"),
+        }
+        Ok(Self::serve(master, fs, config, negotiated, stats))
+    }
+
+    fn serve(
+        master: Arc<OwnedFd>,
+        fs: F,
+        config: Config,
+        negotiated: Negotiated,
+        stats: Arc<TransportStats>,
+    ) -> Self {
         let shared = Shared::new(fs, master, config, negotiated, stats, false);
         // As many as requests commonly in flight at once, plus one idle (on
         // io_uring only interrupts and forgets come this way).
@@ -361,7 +416,12 @@ impl<F: Filesystem> Session<F> {
             }
         }
         let _ = shared.stats.transport.set(transport);
-        Ok(Session { shared, transport })
+        Session { shared, transport }
+    }
+
+    /// What the connection's INIT settled (for [`resume`](Self::resume)).
+    pub fn negotiated(&self) -> Negotiated {
+        self.shared.negotiated
     }
 
     /// The notifier.

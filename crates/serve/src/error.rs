@@ -62,6 +62,11 @@ pub enum ServeError {
     /// The device nodes cannot be served as CUSE devices.
     #[error("CUSE: {0}")]
     Cuse(io::Error),
+    /// The connection could not be handed to its keeper
+    /// ([`Options::supervise`](crate::Options::supervise), or systemd's
+    /// descriptor store), or the keeper's protocol failed.
+    #[error("cannot keep the connection for a restart: {0}")]
+    Restart(io::Error),
     /// SIGINT/SIGTERM handlers could not be installed.
     #[error("cannot handle signals: {0}")]
     Signals(io::Error),

@@ -7,6 +7,7 @@ use crate::cuse::CuseNodes;
 use crate::file::{caller, file_ioctl, file_poll, file_read, file_write, kerr};
 use crate::handles::Handles;
 use crate::inodes::Inodes;
+use crate::restart::PollHandles;
 use crate::tree::{self, Obj};
 use devlife_core::gate::sync::lock;
 use devlife_core::{Change, File, Llseek, PollMask, System};
@@ -69,9 +70,23 @@ enum Handle {
 /// One entry of a directory listing: name, path, object.
 type Listed = (String, String, Obj);
 
+/// The first number of `generation`'s handles and inodes: the generation
+/// is their top 16 bits (see `restart`).
+pub(crate) fn generation_base(generation: u16) -> u64 {
+    (generation as u64) << 48
+}
+
+/// The generation a handle or inode number was given in.
+fn generation_of(n: u64) -> u16 {
+    (n >> 48) as u16
+}
+
 /// The served tree.
 pub struct ServeFs {
     sys: System,
+    /// This server's generation: handles of another are an earlier
+    /// server's (the connection outlived it), and name a removed device.
+    generation: u16,
     inodes: Arc<Inodes>,
     handles: Handles<Handle>,
     uid: u32,
@@ -81,6 +96,9 @@ pub struct ServeFs {
     transport: Arc<TransportStats>,
     /// The CUSE devices serving the nodes, when served that way.
     cuse: OnceLock<Arc<CuseNodes>>,
+    /// Where poll handles are recorded for the next server, if the
+    /// connection is kept for one.
+    poll_handles: OnceLock<PollHandles>,
 }
 
 /// A path's components, on the stack for up to [`INLINE_PARTS`] of them
@@ -100,8 +118,14 @@ fn join(parent: &str, name: &str) -> String {
 impl ServeFs {
     /// The tree of `sys`, owned by `uid`/`gid` (the serving user).
     pub fn new(sys: System, uid: u32, gid: u32) -> Self {
+        Self::in_generation(sys, uid, gid, 0)
+    }
+
+    /// [`new`](Self::new), numbering handles and inodes in `generation`:
+    /// the server of a connection an earlier one kept (see `restart`).
+    pub(crate) fn in_generation(sys: System, uid: u32, gid: u32, generation: u16) -> Self {
         let notifier: Arc<OnceLock<Notifier>> = Arc::default();
-        let inodes = Arc::new(Inodes::default());
+        let inodes = Arc::new(Inodes::in_generation(generation));
         // Removals invalidate the kernel's cached names at once; the
         // notifier queues them to its own thread, so this is safe from any
         // context, including a handler.
@@ -148,14 +172,16 @@ impl ServeFs {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         ServeFs {
             sys,
+            generation,
             inodes,
-            handles: Handles::default(),
+            handles: Handles::in_generation(generation),
             uid,
             gid,
             start,
             notifier,
             transport,
             cuse: OnceLock::new(),
+            poll_handles: OnceLock::new(),
         }
     }
 
@@ -163,6 +189,12 @@ impl ServeFs {
     /// `sys/class`, and waits for their removal after control writes.
     pub(crate) fn set_cuse(&self, cuse: Arc<CuseNodes>) {
         let _ = self.cuse.set(cuse);
+    }
+
+    /// Records every poll handle the kernel gives into `p` (see
+    /// `restart`).
+    pub(crate) fn set_poll_handles(&self, p: PollHandles) {
+        let _ = self.poll_handles.set(p);
     }
 
     /// The number `sys/class` shows for `n`.
@@ -238,7 +270,18 @@ impl ServeFs {
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        self.handles.get(fh).ok_or(Errno::BADF)
+        match self.handles.get(fh) {
+            Some(h) => Ok(h),
+            // Opened from an earlier server of the connection: a file of a
+            // device removed with that server.
+            None if self.is_earlier(fh) => Err(Errno::NODEV),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    /// Whether `fh` was handed out by an earlier server of the connection.
+    fn is_earlier(&self, fh: u64) -> bool {
+        generation_of(fh) != self.generation
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -411,6 +454,10 @@ impl Filesystem for ServeFs {
     }
 
     fn flush(&self, req: &Req<'_>, _ino: u64, fh: u64) -> Result<(), Errno> {
+        if self.is_earlier(fh) {
+            // The close of a file of a removed device succeeds.
+            return Ok(());
+        }
         match &*self.handle(fh)? {
             Handle::File(f) => f.flush(&caller(req, 0)).map_err(kerr),
             _ => Ok(()),
@@ -519,6 +566,13 @@ impl Filesystem for ServeFs {
     }
 
     fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {
+        if self.is_earlier(fh) {
+            // What a removed device's file polls.
+            return Ok((PollMask::HUP | PollMask::ERR).0);
+        }
+        if let (Some(kh), Some(p)) = (kh, self.poll_handles.get()) {
+            p.saw(kh);
+        }
         match &*self.handle(fh)? {
             Handle::File(f) => Ok(file_poll(f, req, kh)),
             _ => Ok(PollMask::DEFAULT.0),

@@ -36,15 +36,22 @@ pub(crate) struct Handles<T> {
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
-        Handles {
-            shards: std::array::from_fn(|_| {
-                CachePadded::new(Mutex::new(Shard { map: FxHashMap::default(), next: 0 }))
-            }),
-        }
+        Self::in_generation(0)
     }
 }
 
 impl<T> Handles<T> {
+    /// A table whose handles are numbered in `generation` (the top 16
+    /// bits; see `restart`).
+    pub(crate) fn in_generation(generation: u16) -> Self {
+        let first = crate::fs::generation_base(generation) / SHARDS as u64;
+        Handles {
+            shards: std::array::from_fn(|_| {
+                CachePadded::new(Mutex::new(Shard { map: FxHashMap::default(), next: first }))
+            }),
+        }
+    }
+
     fn lock(&self, idx: usize) -> MutexGuard<'_, Shard<T>> {
         lock(&self.shards[idx])
     }

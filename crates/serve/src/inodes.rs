@@ -36,15 +36,24 @@ struct Table {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let mut by_ino = FxHashMap::default();
-        by_ino.insert(ROOT, Inode { path: "".into(), id: 0, lookups: 1 });
-        let mut by_path = HashMap::new();
-        by_path.insert(String::new(), ROOT);
-        Inodes { inner: Mutex::new(Table { by_ino, by_path, next: ROOT + 1 }) }
+        Self::in_generation(0)
     }
 }
 
 impl Inodes {
+    /// A table whose new inodes are numbered in `generation` (the top 16
+    /// bits; the root is 1 in every one): a number an earlier server of
+    /// the connection gave the kernel is never given again (see
+    /// `restart`).
+    pub fn in_generation(generation: u16) -> Self {
+        let mut by_ino = FxHashMap::default();
+        by_ino.insert(ROOT, Inode { path: "".into(), id: 0, lookups: 1 });
+        let mut by_path = HashMap::new();
+        by_path.insert(String::new(), ROOT);
+        let next = crate::fs::generation_base(generation) + ROOT + 1;
+        Inodes { inner: Mutex::new(Table { by_ino, by_path, next }) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         lock(&self.inner)
     }

@@ -72,6 +72,7 @@ mod inodes;
 mod logging;
 mod options;
 mod report;
+mod restart;
 mod server;
 mod tree;
 
@@ -84,3 +85,25 @@ pub use options::{
 };
 pub use report::Report;
 pub use server::{Server, Stopped};
+
+/// Becomes the keeper of this program when `opts` asks for one
+/// ([`Options::supervise`]) and no keeper or service manager holds its
+/// connection yet: the program is started again as the server (same
+/// executable, same arguments) and restarted whenever it dies, and this
+/// process keeps its connection meanwhile (see `docs/ARCHITECTURE.md`,
+/// "Restarts"). Does not return then: the process exits with the last
+/// server's status. Otherwise (no keeper asked for, or this process is the
+/// server a keeper or systemd started) returns at once.
+///
+/// [`Server::start`] calls it first thing; call it yourself before
+/// building the [`System`](devlife_core::System) to keep the drivers out
+/// of the keeper.
+pub fn supervise(opts: &Options) -> Result<(), ServeError> {
+    if !opts.supervise {
+        return Ok(());
+    }
+    if restart::sd::FdStore::from_env().map_err(ServeError::Restart)?.is_some() {
+        return Ok(());
+    }
+    restart::keeper::run()
+}

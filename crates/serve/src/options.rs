@@ -109,6 +109,7 @@ pub struct Options {
     pub(crate) owner: (u32, u32),
     pub(crate) cuse: bool,
     pub(crate) fsname: String,
+    pub(crate) supervise: bool,
 }
 
 impl Default for Options {
@@ -120,6 +121,7 @@ impl Default for Options {
             owner: (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
             cuse: cuse_from_env(),
             fsname: DEFAULT_FSNAME.to_owned(),
+            supervise: false,
         }
     }
 }
@@ -181,6 +183,22 @@ impl Options {
     /// [`ServeError::FsName`](crate::ServeError::FsName).
     pub fn fsname(mut self, name: impl Into<String>) -> Self {
         self.fsname = name.into();
+        self
+    }
+
+    /// Keeps the mount (and the CUSE devices) through the server's own
+    /// death: [`Server::start`](crate::Server::start) makes this process
+    /// a small keeper that starts the program again as the server, holds
+    /// its connections, and restarts it when it is killed or crashes (see
+    /// [`supervise`](crate::supervise)). The new server resumes the same
+    /// mount; every file opened from the dead one answers as a file of a
+    /// removed device (`ENODEV`), and new opens reach the new server's
+    /// drivers. Under systemd with a descriptor store
+    /// (`FileDescriptorStoreMax=`), the server keeps its connections there
+    /// instead and needs no keeper. A restartable server serves through
+    /// `/dev/fuse` (`docs/ARCHITECTURE.md`, "Restarts"). Default off.
+    pub fn supervise(mut self, yes: bool) -> Self {
+        self.supervise = yes;
         self
     }
 

@@ -4,9 +4,12 @@ use crate::cuse::CuseNodes;
 use crate::error::ServeError;
 use crate::fs::ServeFs;
 use crate::options::{IoUring, Options, fsname_problem};
+use crate::restart::state::{LAST_GENERATION, State};
+use crate::restart::{Kept, PollHandles, Restart};
 use devlife_core::System;
 use devlife_fuse::mount::{self, Mount, MountOptions, MountState};
 use devlife_fuse::{Config, Session, Transport};
+use rustix::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
@@ -47,6 +50,10 @@ pub struct Server {
     cuse: Option<Arc<CuseNodes>>,
     /// SIGINT and SIGTERM, once caught.
     signals: Option<signal_hook::iterator::Signals>,
+    /// Where the connection is kept for the next server, if it is.
+    restart: Restart,
+    /// The kept state's file (see `restart`), held while serving.
+    _state_fd: Option<OwnedFd>,
 }
 
 /// Why [`Server::run_until_signal`] returned.
@@ -77,14 +84,38 @@ impl Server {
     /// server was killed: every access fails `ENOTCONN`) is detached
     /// first; a live one is left alone ([`ServeError::AlreadyMounted`]).
     pub fn start(sys: System, opts: &Options) -> Result<Server, ServeError> {
-        let dir = opts.dir.clone();
         if let Some(reason) = fsname_problem(&opts.fsname) {
             return Err(ServeError::FsName { name: opts.fsname.clone(), reason });
         }
-        prepare_dir(&dir)?;
-        if opts.io_uring == IoUring::On {
+        crate::supervise(opts)?;
+        let mut restart = Restart::from_env().map_err(ServeError::Restart)?;
+        let io_uring = transport_choice(opts.io_uring, restart.restartable())?;
+        if io_uring == IoUring::On {
             enable_uring().map_err(ServeError::IoUring)?;
         }
+        let restartable = restart.restartable();
+        let config = |dir: &Path| Config {
+            io_uring: io_uring != IoUring::Off,
+            mount_dir: Some(dir.to_owned()),
+            // See `Config::clone_devices`: a killed server's clones would
+            // take its callers' requests with them.
+            clone_devices: !restartable,
+            ..Config::default()
+        };
+        if let Some(kept) = restart.take_kept() {
+            match resume(&sys, opts, kept, config(&std::path::absolute(&opts.dir).unwrap_or_default())) {
+                Ok((session, mount, state_fd)) => {
+                    tracing::info!(dir = %mount.dir().display(), "resumed the connection an earlier server kept");
+                    return Self::finish(sys, opts, session, mount, restart, Some(state_fd));
+                }
+                Err(e) => {
+                    tracing::warn!("cannot resume the kept connection ({e}); mounting anew");
+                    restart.forget();
+                }
+            }
+        }
+        let dir = opts.dir.clone();
+        prepare_dir(&dir)?;
         let mount_opts = MountOptions {
             allow_other: opts.allow_other,
             fsname: opts.fsname.clone(),
@@ -94,17 +125,41 @@ impl Server {
             .map_err(|source| ServeError::Mount { dir: dir.clone(), source })?;
         let dir = m.dir().to_owned();
         let fd = m.take_fd().ok_or_else(|| ServeError::Handshake(std::io::Error::other("no connection")))?;
-        let config = Config {
-            io_uring: opts.io_uring != IoUring::Off,
-            mount_dir: Some(dir.clone()),
-            ..Config::default()
+        let kept_fd = match restartable {
+            true => Some(rustix::io::dup(&fd).map_err(|e| ServeError::Restart(e.into()))?),
+            false => None,
         };
         let fs = ServeFs::new(sys.clone(), opts.owner.0, opts.owner.1);
         let stats = fs.transport_stats();
         // On failure `m` is dropped here, which unmounts.
-        let session = Session::start_with_stats(fd, fs, config, stats).map_err(ServeError::Handshake)?;
+        let session =
+            Session::start_with_stats(fd, fs, config(&dir), stats).map_err(ServeError::Handshake)?;
         if opts.io_uring == IoUring::On && session.transport() == Transport::DevFuse {
             return Err(ServeError::IoUring("the kernel did not set up the rings".into()));
+        }
+        let state_fd = match kept_fd {
+            Some(fd) => restart
+                .keep(&fd, &State { generation: 0, negotiated: session.negotiated(), max_kh: 0 })
+                .map_err(ServeError::Restart)?,
+            None => None,
+        };
+        Self::finish(sys, opts, session, m, restart, state_fd)
+    }
+
+    /// The rest of a start, fresh or resumed: CUSE, then ready.
+    fn finish(
+        sys: System,
+        opts: &Options,
+        session: Session<ServeFs>,
+        mount: Mount,
+        restart: Restart,
+        state_fd: Option<OwnedFd>,
+    ) -> Result<Server, ServeError> {
+        let dir = mount.dir().to_owned();
+        if let Some(fd) = &state_fd {
+            let max = State::read(fd).map_or(0, |s| s.max_kh);
+            let fd = rustix::io::dup(fd).map_err(|e| ServeError::Restart(e.into()))?;
+            session.fs().set_poll_handles(PollHandles::new(fd, max));
         }
         let cuse = match opts.cuse {
             true => {
@@ -114,8 +169,18 @@ impl Server {
             }
             false => None,
         };
-        let server = Server { sys, session: Arc::new(session), mount: Some(m), dir, cuse, signals: None };
+        let server = Server {
+            sys,
+            session: Arc::new(session),
+            mount: Some(mount),
+            dir,
+            cuse,
+            signals: None,
+            restart,
+            _state_fd: state_fd,
+        };
         tracing::info!(dir = %server.dir.display(), transport = %server.transport(), "mounted");
+        server.restart.ready();
         Ok(server)
     }
 
@@ -213,15 +278,26 @@ impl Server {
         if let Some(c) = self.cuse.take() {
             c.stop();
         }
-        match self.mount.take() {
+        let r = match self.mount.take() {
             Some(m) => m.unmount().map_err(|source| ServeError::Unmount { dir: self.dir.clone(), source }),
             None => Ok(()),
-        }
+        };
+        // Stopped on purpose: the next server mounts anew.
+        self.restart.forget();
+        r
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A restartable server that panics has crashed: the next one
+        // resumes its mount (a stop here would unmount it).
+        if std::thread::panicking() && self.restart.restartable() {
+            if let Some(m) = self.mount.take() {
+                std::mem::forget(m);
+            }
+            return;
+        }
         if self.mount.is_some() {
             if let Err(e) = self.stop() {
                 tracing::warn!("{e}");
@@ -233,6 +309,61 @@ impl Drop for Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server").field("dir", &self.dir).field("transport", &self.transport()).finish()
+    }
+}
+
+/// Resumes `kept` (see `restart`): the session, the mount it adopts, and
+/// the state's file, rewritten with this server's generation.
+fn resume(
+    sys: &System,
+    opts: &Options,
+    kept: Kept,
+    config: Config,
+) -> Result<(Session<ServeFs>, Mount, OwnedFd), std::io::Error> {
+    let Kept { fuse, state_fd, state } = kept;
+    if state.negotiated.ring {
+        return Err(std::io::Error::other("it was served over io_uring, which a restart cannot take over"));
+    }
+    if state.generation == LAST_GENERATION {
+        return Err(std::io::Error::other("its handle generations are used up"));
+    }
+    // Written first: a server that dies from here on has handed out
+    // numbers in this generation, and the next one must not.
+    let generation = state.generation + 1;
+    State { generation, ..state }.write(&state_fd)?;
+    let fs = ServeFs::in_generation(sys.clone(), opts.owner.0, opts.owner.1, generation);
+    let stats = fs.transport_stats();
+    let mount_fd = rustix::io::dup(&fuse)?;
+    let dir = config.mount_dir.clone().unwrap_or_default();
+    let session = Session::resume(fuse, fs, config, state.negotiated, stats)?;
+    // Pollers the earlier server left sleeping poll again (see
+    // `PollHandles`) and see a removed device.
+    for kh in 1..=state.max_kh {
+        session.notifier().poll_wakeup(kh);
+    }
+    // Names the kernel cached from the earlier server lead to its inodes:
+    // forgotten, so that opens look the tree up again.
+    for name in crate::tree::ROOT_NAMES {
+        session.notifier().inval_entry(crate::inodes::ROOT, name.as_bytes());
+    }
+    session.notifier().flush();
+    Ok((session, Mount::adopt(&dir, mount_fd)?, state_fd))
+}
+
+/// The transport to ask for: a restartable server's is `/dev/fuse` (see
+/// `docs/ARCHITECTURE.md`, "Restarts": ring entries of a killed server
+/// hold requests no later server can answer).
+fn transport_choice(asked: IoUring, restartable: bool) -> Result<IoUring, ServeError> {
+    match (asked, restartable) {
+        (asked, false) => Ok(asked),
+        (IoUring::On, true) => Err(ServeError::IoUring(
+            "a restartable server serves through /dev/fuse (a killed server's ring entries hold requests no later server can answer)".into(),
+        )),
+        (IoUring::Auto, true) => {
+            tracing::info!("restartable: serving through /dev/fuse");
+            Ok(IoUring::Off)
+        }
+        (IoUring::Off, true) => Ok(IoUring::Off),
     }
 }
 

@@ -152,11 +152,14 @@ pub fn resolve(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Option<Obj>
     }
 }
 
+/// The names in the root, by name.
+pub const ROOT_NAMES: [&str; 3] = ["debug", "dev", "sys"];
+
 /// The entries of the directory at `path`, by name.
 pub fn children(sys: &System, numbers: Numbers<'_>, path: &[&str]) -> Vec<(String, Obj)> {
     let named = |names: &[&str]| names.iter().map(|n| ((*n).to_owned(), dir())).collect::<Vec<_>>();
     match path {
-        [] => named(&["debug", "dev", "sys"]),
+        [] => named(&ROOT_NAMES),
         ["dev"] => sys.dev_nodes().into_iter().map(|n| (n.name.to_string(), Obj::DevNode(n))).collect(),
         ["sys"] => named(&["bus", "class"]),
         ["sys", "bus"] => sys.buses().iter().map(|b| (b.name().to_owned(), dir())).collect(),

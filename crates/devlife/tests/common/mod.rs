@@ -52,6 +52,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Option<Server> {
+        Self::start_on(transport_args(), extra)
+    }
+
+    /// [`start`](Self::start) on the transport `transport` gives (the
+    /// `--io-uring` flag and its value), whatever the tests run on.
+    pub fn start_on(transport: [&str; 2], extra: &[&str]) -> Option<Server> {
         if !fuse_available() {
             return None;
         }
@@ -61,15 +67,19 @@ impl Server {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        Some(Self::start_at(&dir, extra))
+        Some(Self::spawn_at(&dir, transport, extra))
     }
 
     pub fn start_at(dir: &Path, extra: &[&str]) -> Server {
+        Self::spawn_at(dir, transport_args(), extra)
+    }
+
+    fn spawn_at(dir: &Path, transport: [&str; 2], extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_devlife"))
             .arg("serve")
             .arg("--mount")
             .arg(dir)
-            .args(transport_args())
+            .args(transport)
             .args(extra)
             // A handler's panic is one log line unless a backtrace is asked for.
             .env_remove("RUST_BACKTRACE")
@@ -196,6 +206,15 @@ pub fn until(mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < Duration::from_secs(60), "condition never held");
         std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
     }
+}
+
+/// Thread states of process `pid` (the `State:` letters of its tasks).
+pub fn states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .collect()
 }
 
 /// Moves the calling thread to CPU `cpu`.
