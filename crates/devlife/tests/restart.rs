@@ -346,3 +346,72 @@ fn systemds_descriptor_store_keeps_the_connection_for_the_next_start() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&format!(" {} ", dir.display())), "still mounted");
 }
+
+#[test]
+fn a_planned_upgrade_loses_no_request_and_fails_only_earlier_descriptors() {
+    let Some(s) = Server::start_on(DEV_FUSE, &SUPERVISED) else { return };
+    let keeper = s.child.id();
+    let first = server_pid(keeper).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blocked = s.open("dev/xyz0");
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    client("blocked reader", &tx, move || read(&blocked, 16).map(|d| format!("{} bytes", d.len())));
+    until(|| s.busy() >= 1);
+    let path = s.p("dev/xyz0");
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                use rustix::fs::{Mode, OFlags};
+                // (ops, errors other than an earlier descriptor's ENODEV,
+                // ENODEVs, longest pause between two successful ops)
+                let (mut ops, mut bad, mut nodev, mut pause) = (0u64, Vec::new(), 0u64, Duration::ZERO);
+                let mut last = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let fd = match rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            bad.push(format!("open: {e}"));
+                            continue;
+                        }
+                    };
+                    match count(&fd) {
+                        Ok(_) => {
+                            ops += 1;
+                            pause = pause.max(last.elapsed());
+                            last = Instant::now();
+                        }
+                        // Opened before the hand-over: a removed device.
+                        Err(Errno::NODEV) => nodev += 1,
+                        Err(e) => bad.push(format!("ioctl: {e}")),
+                    }
+                }
+                (ops, bad, nodev, pause)
+            })
+        })
+        .collect();
+    // Some load before, then the upgrade: SIGHUP to the keeper.
+    until(|| {
+        std::fs::read_to_string(s.p("debug/xyz/xyz0/ops"))
+            .is_ok_and(|o| o.trim().parse::<u64>().unwrap_or(0) > 200)
+    });
+    s.signal(Signal::HUP);
+    let second = restarted(&s, first);
+    // Load on the new server too.
+    until(|| {
+        std::fs::read_to_string(s.p("debug/xyz/xyz0/ops"))
+            .is_ok_and(|o| o.trim().parse::<u64>().unwrap_or(0) > 200)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = (0, 0, Duration::ZERO);
+    for l in loops {
+        let (ops, bad, nodev, pause) = l.join().unwrap();
+        assert!(bad.is_empty(), "errors other than ENODEV: {bad:?}");
+        total = (total.0 + ops, total.1 + nodev, total.2.max(pause));
+    }
+    let (name, r) = rx.recv_timeout(Duration::from_secs(60)).expect("the blocked reader returns");
+    assert_eq!((name, r), ("blocked reader", Err(Errno::NODEV)));
+    eprintln!("{} ops, {} ENODEV on earlier descriptors, longest pause {:?}", total.0, total.1, total.2);
+    assert_ne!(second, first);
+    assert!(s.stop().success());
+}

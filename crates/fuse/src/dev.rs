@@ -118,6 +118,12 @@ fn worker<F: Filesystem>(s: &Arc<Shared<F>>, fd: &Arc<OwnedFd>) {
                 return;
             }
         };
+        if s.handing_over.load(Ordering::Acquire) {
+            // Left unanswered, in the kept descriptor's processing queue:
+            // the next server has the kernel send it again (see
+            // `Session::hand_over`).
+            continue;
+        }
         if idle == 0 {
             spawn_worker(s);
         }

@@ -253,6 +253,9 @@ pub(crate) struct Shared<F> {
     /// Every transport thread, for [`Session::wait`].
     threads: AtomicUsize,
     ended: AtomicBool,
+    /// Set by [`Session::hand_over`]: requests read from now on are left
+    /// for the next server.
+    pub(crate) handing_over: AtomicBool,
     /// Called once when the connection ends (to wake threads that wait for
     /// something else than the connection).
     on_end: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
@@ -285,6 +288,7 @@ impl<F: Filesystem> Shared<F> {
             cuse,
             threads: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             on_end: Mutex::default(),
             exited: Mutex::new(()),
             all_exited: Condvar::new(),
@@ -447,6 +451,20 @@ impl<F: Filesystem> Session<F> {
     /// `/dev/fuse` worker threads right now.
     pub fn workers(&self) -> usize {
         self.shared.stats.dev_workers.load(Ordering::Relaxed)
+    }
+
+    /// Stops answering new requests, for a planned hand-over of the
+    /// connection to the next server: every request read from now on is
+    /// left unanswered in the kernel's processing queue of the descriptor
+    /// it was read through, to be sent again to the next server
+    /// (`FUSE_NOTIFY_RESEND` in its [`resume`](Self::resume)); replies to
+    /// requests already taken (handlers running, deferred replies) are
+    /// still sent. Meant for a session whose workers read the kept
+    /// descriptor itself ([`Config::clone_devices`] off): a clone's
+    /// requests end with `ECONNABORTED` when the process exits. `/dev/fuse`
+    /// only: a ring entry cannot be left for another process.
+    pub fn hand_over(&self) {
+        self.shared.handing_over.store(true, Ordering::Release);
     }
 
     /// Blocks until the connection ends (unmounted and every file closed,

@@ -231,7 +231,16 @@ impl ServeFs {
     fn resolve_ino(&self, ino: u64) -> Result<(Arc<str>, Obj), Errno> {
         // Gone, or the path now names another object: this inode's object
         // is gone (see `TTL`).
-        let (path, id) = self.inodes.get(ino).ok_or(Errno::NOENT)?;
+        let (path, id) = match self.inodes.get(ino) {
+            Some(found) => found,
+            // An inode an earlier server of the connection gave the kernel
+            // (a name it cached, in a request sent again or made while the
+            // servers changed): ESTALE has the VFS walk the path once more
+            // with every name revalidated (`LOOKUP_REVAL`), which reaches
+            // this server's inodes from the root.
+            None if generation_of(ino) != self.generation => return Err(Errno::STALE),
+            None => return Err(Errno::NOENT),
+        };
         let obj = tree::resolve(&self.sys, &|n| self.devt(n), &split(&path)).ok_or(Errno::NOENT)?;
         if obj.id() != id {
             return Err(Errno::NOENT);

@@ -63,6 +63,9 @@ pub enum Stopped {
     Signal(i32),
     /// The mount was unmounted or its connection aborted from outside.
     Unmounted,
+    /// SIGHUP to a restartable server: it handed the connection over to
+    /// the next server ([`Server::hand_over`]).
+    HandedOver,
 }
 
 impl std::fmt::Display for Stopped {
@@ -72,6 +75,7 @@ impl std::fmt::Display for Stopped {
             Stopped::Signal(signal_hook::consts::SIGTERM) => f.write_str("SIGTERM"),
             Stopped::Signal(n) => write!(f, "signal {n}"),
             Stopped::Unmounted => f.write_str("unmounted from outside"),
+            Stopped::HandedOver => f.write_str("SIGHUP: handed over to the next server"),
         }
     }
 }
@@ -218,10 +222,13 @@ impl Server {
     /// whoever may signal it: a signal that comes before the handlers are
     /// installed ends the process at once, with no shutdown.
     pub fn catch_signals(&mut self) -> Result<(), ServeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         if self.signals.is_none() {
-            self.signals =
-                Some(signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServeError::Signals)?);
+            // SIGHUP, a planned hand-over, only where there is someone to
+            // hand over to.
+            let hup = self.restart.restartable().then_some(SIGHUP);
+            let sigs = [SIGINT, SIGTERM].into_iter().chain(hup);
+            self.signals = Some(signal_hook::iterator::Signals::new(sigs).map_err(ServeError::Signals)?);
         }
         Ok(())
     }
@@ -249,7 +256,11 @@ impl Server {
             .name("devlife-serve-signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    let _ = tx.send(Stopped::Signal(sig));
+                    let why = match sig {
+                        signal_hook::consts::SIGHUP => Stopped::HandedOver,
+                        sig => Stopped::Signal(sig),
+                    };
+                    let _ = tx.send(why);
                 }
             })
             .map_err(ServeError::Signals)?;
@@ -257,6 +268,10 @@ impl Server {
         closer.close();
         let _ = signal_thread.join();
         tracing::info!(%why, "stopping");
+        if why == Stopped::HandedOver {
+            self.hand_over()?;
+            return Ok(why);
+        }
         if why == Stopped::Unmounted {
             // Nothing left to unmount.
             if let Some(m) = self.mount.take() {
@@ -265,6 +280,35 @@ impl Server {
         }
         self.stop()?;
         Ok(why)
+    }
+
+    /// A planned hand-over of a restartable server ([`Options::supervise`],
+    /// or systemd's descriptor store) to the next one (an upgrade): this
+    /// server stops answering new requests (they are left for the next
+    /// server, which the kernel sends them to again), removes every device
+    /// with the full removal guarantee (handlers drained, blocked callers
+    /// `ENODEV`), and leaves the mount and the kept connection as they
+    /// are. No request is lost or answered by a half-removed tree between
+    /// the two servers. The process should exit next; its keeper starts
+    /// the next server.
+    ///
+    /// [`Options::supervise`]: crate::Options::supervise
+    pub fn hand_over(mut self) -> Result<(), ServeError> {
+        if !self.restart.restartable() {
+            return Err(ServeError::Restart(std::io::Error::other(
+                "this server's connection is not kept: there is no next server to hand it to",
+            )));
+        }
+        self.session.hand_over();
+        remove_all(&self.sys);
+        if let Some(c) = self.cuse.take() {
+            c.stop();
+        }
+        // Left mounted, and in the store, for the next server.
+        if let Some(m) = self.mount.take() {
+            std::mem::forget(m);
+        }
+        Ok(())
     }
 
     /// Removes every device (each removal waits for the handlers inside it

@@ -157,6 +157,9 @@ impl Keeper {
         let signals = SignalPipes::new(&[SIGCHLD, SIGTERM, SIGINT, SIGHUP])?;
         let mut delay = Duration::ZERO;
         let mut stopping = false;
+        // SIGHUP passed on: the server hands over, and its successor
+        // starts as soon as it exits, whatever its status.
+        let mut upgrading = false;
         let mut child = self.spawn()?;
         loop {
             let mut fds = vec![PollFd::new(&self.sock, PollFlags::IN)];
@@ -175,7 +178,9 @@ impl Keeper {
                 if sig == SIGCHLD {
                     continue;
                 }
-                if sig != SIGHUP {
+                if sig == SIGHUP {
+                    upgrading = true;
+                } else {
                     stopping = true;
                 }
                 if let Some(s) = Signal::from_named_raw(sig) {
@@ -187,6 +192,15 @@ impl Keeper {
             // Its last messages (a store, a removal) before it died.
             self.receive(&mut child);
             let code = status.exit_status();
+            if upgrading && !stopping {
+                upgrading = false;
+                eprintln!(
+                    "devlife keeper: the server handed over ({}); starting the next",
+                    describe(&status)
+                );
+                child = self.spawn()?;
+                continue;
+            }
             if stopping || code == Some(0) {
                 eprintln!("devlife keeper: the server {}; exiting", describe(&status));
                 return Ok(code.unwrap_or(1));
