@@ -21,6 +21,9 @@
 //! * `devlife bench blocked [--quick] [--json] [--readers N,...]`: clients
 //!   blocked in `read`: the server's threads and memory per blocked
 //!   request, a stats read meanwhile, unbind to the last `ENODEV`.
+//! * `devlife bench restart [--quick] [--json] [--crashes N]`: SIGKILLs of
+//!   `devlife serve --supervise`: the time to the first successful open,
+//!   and what earlier descriptors see.
 //! * `devlife bench peers`: builds the peers `bench fs` compares with.
 
 use devlife::{bench, serve, torture};
@@ -80,6 +83,9 @@ enum BenchCmd {
     /// threads and memory per blocked request, a stats read while they
     /// wait, and unbind to the last reader's ENODEV.
     Blocked(bench::blocked::BlockedOpts),
+    /// SIGKILLs of `devlife serve --supervise`: from each kill to the first
+    /// successful open of dev/xyz0, and what earlier descriptors see.
+    Restart(bench::restart::RestartOpts),
     /// Builds the libfuse and fuser peers of `bench fs` (it builds them on
     /// demand too).
     Peers,
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
         Cmd::Bench { which: BenchCmd::Fs(o) } => return ExitCode::from(bench::fs::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Unplug(o) } => return ExitCode::from(bench::unplug::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::Blocked(o) } => return ExitCode::from(bench::blocked::run(&o) as u8),
+        Cmd::Bench { which: BenchCmd::Restart(o) } => return ExitCode::from(bench::restart::run(&o) as u8),
         Cmd::Bench { which: BenchCmd::BlockedClient(o) } => {
             return ExitCode::from(bench::blocked::client(&o) as u8);
         }

@@ -8,6 +8,7 @@ pub mod fs;
 pub mod gate;
 pub mod hist;
 pub mod plot;
+pub mod restart;
 pub mod servers;
 pub mod unplug;
 

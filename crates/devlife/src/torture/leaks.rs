@@ -130,7 +130,7 @@ pub fn run(o: &Opts) -> i32 {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(format!("devlife-leaks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut server = start_server(&exe, &dir, o.io_uring, false)?;
+        let mut server = start_server(&exe, &dir, o.io_uring, false, false)?;
         let pid = server.id();
         let start = Sample::take(pid, &dir);
         for _ in 0..o.warmup {

@@ -71,6 +71,11 @@ pub struct Opts {
     /// emulation, where everything is tens of times slower).
     #[arg(long, default_value_t = MAX_HOLD_MS + 100)]
     pub removal_bound_ms: u64,
+    /// Also SIGKILL the server every 2-5 s: it runs under `--supervise`
+    /// (over `/dev/fuse`, a restartable server's transport), and each kill
+    /// is an unplug of every device the clients must survive.
+    #[arg(long)]
+    pub kill_server: bool,
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), Errno> {
@@ -92,6 +97,7 @@ pub(crate) fn start_server(
     dir: &Path,
     io_uring: crate::serve::IoUring,
     cuse: bool,
+    supervise: bool,
 ) -> Result<Child, String> {
     let mode =
         clap::ValueEnum::to_possible_value(&io_uring).map(|v| v.get_name().to_owned()).unwrap_or_default();
@@ -104,6 +110,7 @@ pub(crate) fn start_server(
         .arg("--io-uring")
         .arg(mode)
         .args(cuse.then_some("--cuse"))
+        .args(supervise.then_some("--supervise"))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the server: {e}"))?;
@@ -171,6 +178,42 @@ fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
     }
 }
 
+/// The server kills of `--kill-server`.
+#[derive(Default)]
+struct Kills {
+    count: u64,
+    /// The killed servers' violations, read just before each kill.
+    violations: u64,
+    /// The longest from a kill to the next server answering.
+    slowest: Duration,
+}
+
+impl Kills {
+    /// SIGKILLs the server `keeper` runs, and waits (30 s hang guard) for
+    /// the next one to answer.
+    fn kill(&mut self, keeper: u32, dir: &Path) -> Result<(), String> {
+        let children = |k: u32| {
+            std::fs::read_to_string(format!("/proc/{k}/task/{k}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
+        };
+        let Some(pid) = children(keeper) else { return Ok(()) };
+        self.violations += stats(dir).get("violations").copied().unwrap_or(0);
+        let p = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
+        let t = Instant::now();
+        rustix::process::kill_process(p, rustix::process::Signal::KILL).map_err(|e| e.to_string())?;
+        while children(keeper).is_none_or(|c| c == pid) || !dir.join("debug/devlife/stats").exists() {
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("the server was not restarted within 30 s of its kill".into());
+            }
+            std::thread::sleep(Duration::from_millis(1)); // polling another process
+        }
+        self.count += 1;
+        self.slowest = self.slowest.max(t.elapsed());
+        Ok(())
+    }
+}
+
 /// Runs the torture test. Returns the exit status.
 pub fn run(o: &Opts) -> i32 {
     match torture(o) {
@@ -196,7 +239,8 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 std::env::temp_dir().join(format!("devlife-torture-{}", std::process::id()))
             });
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-            let child = start_server(&exe, &d, o.io_uring, o.cuse)?;
+            let io_uring = if o.kill_server { crate::serve::IoUring::Off } else { o.io_uring };
+            let child = start_server(&exe, &d, io_uring, o.cuse, o.kill_server)?;
             (std::fs::canonicalize(&d).map_err(|e| e.to_string())?, Some(child))
         }
     };
@@ -296,7 +340,14 @@ fn torture(o: &Opts) -> Result<bool, String> {
     };
     let mut rng = Rng::new(seed ^ 0xC4A05);
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let keeper = server.as_ref().filter(|_| o.kill_server).map(Child::id);
+    let mut kills = Kills::default();
+    let mut next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(3000));
     while Instant::now() < deadline {
+        if let Some(k) = keeper.filter(|_| Instant::now() >= next_kill) {
+            kills.kill(k, &dir)?;
+            next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(3000));
+        }
         chaos_step(&dir, &mut rng, &chaos);
         std::thread::sleep(Duration::from_millis(rng.below(10))); // pacing
     }
@@ -361,11 +412,13 @@ fn torture(o: &Opts) -> Result<bool, String> {
     }
     // The stats read itself is one open file.
     let leaked = now.get("open_files").copied().unwrap_or(0).saturating_sub(baseline.max(1));
-    let epoch = now
-        .get("violations")
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(base.get("violations").copied().unwrap_or(0));
+    // Each server counts its own; the killed ones' last counts were taken
+    // just before each kill.
+    let epoch = now.get("violations").copied().unwrap_or(0).saturating_sub(if kills.count > 0 {
+        0
+    } else {
+        base.get("violations").copied().unwrap_or(0)
+    }) + kills.violations;
     let slow = chaos.slow.load(Ordering::Relaxed);
     let stuck_threads = watch.stuck();
     for s in &stuck_threads {
@@ -377,11 +430,14 @@ fn torture(o: &Opts) -> Result<bool, String> {
     let removals = chaos.removals.load(Ordering::Relaxed);
     eprintln!(
         "torture: detail: epoch_violations={epoch} slow_removals={slow} hangs={hangs} stuck={stuck} \
-         namespace_violations={namespace} namespace_checks={} slowest_removal_us={} opens={} releases={}",
+         namespace_violations={namespace} namespace_checks={} slowest_removal_us={} opens={} releases={} \
+         server_kills={} slowest_restart_ms={}",
         chaos.namespace_checks.load(Ordering::Relaxed),
         chaos.slowest_us.load(Ordering::Relaxed),
         now.get("opens").copied().unwrap_or(0),
         now.get("releases").copied().unwrap_or(0),
+        kills.count,
+        kills.slowest.as_millis(),
     );
     println!(
         "torture: ops={ops} removals={removals} violations={violations} leaked_files={leaked} errors={errors}"
