@@ -20,9 +20,7 @@ use super::{Row, V, machine, percentile};
 use crate::xyz_client::count;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Options of `devlife bench restart`.
@@ -62,7 +60,7 @@ fn run_inner(o: &RestartOpts) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("devlife-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut keeper = start(&exe, &dir)?;
+    let mut keeper = crate::torture::start_server(&exe, &dir, crate::serve::IoUring::Off, false, true)?;
     let dir = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
     let node = dir.join("dev/xyz0");
     let (mut times, mut nodev, mut eintr, mut other) = (Vec::new(), 0u64, 0u64, Vec::new());
@@ -143,23 +141,4 @@ fn run_inner(o: &RestartOpts) -> Result<(), String> {
     } else {
         Err(format!("{} earlier descriptors did not see ENODEV", other.len()))
     }
-}
-
-fn start(exe: &PathBuf, dir: &Path) -> Result<Child, String> {
-    let mut child = Command::new(exe)
-        .args(["serve", "--supervise", "--io-uring", "off", "--log", "warn", "--mount"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the server: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    if !line.starts_with("ready ") {
-        let _ = child.kill();
-        return Err(format!("the server did not become ready: {line:?}"));
-    }
-    Ok(child)
 }
