@@ -24,11 +24,7 @@ use std::time::{Duration, Instant};
 const DEV_FUSE: [&str; 2] = ["--io-uring", "off"];
 const SUPERVISED: [&str; 1] = ["--supervise"];
 
-/// The keeper's current server: its one child.
-fn server_pid(keeper: u32) -> Option<u32> {
-    let c = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
-    c.split_whitespace().next()?.parse().ok()
-}
+use devlife::torture::keeper_child as server_pid;
 
 /// Waits (60 s hang guard) until the keeper runs a server other than
 /// `old` that answers; returns its pid.

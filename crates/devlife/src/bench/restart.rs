@@ -45,12 +45,6 @@ pub fn run(o: &RestartOpts) -> i32 {
     }
 }
 
-/// The keeper's server.
-fn server_of(keeper: u32) -> Option<u32> {
-    let c = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
-    c.split_whitespace().next()?.parse().ok()
-}
-
 fn open(p: &Path) -> Result<rustix::fd::OwnedFd, Errno> {
     rustix::fs::open(p, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
 }
@@ -76,7 +70,7 @@ fn run_inner(o: &RestartOpts) -> Result<(), String> {
         // Healthy (see the keeper's policy), and the reader inside.
         let wait = (ready_since + Duration::from_millis(1100)).saturating_duration_since(Instant::now());
         std::thread::sleep(wait); // the keeper's policy, not a check
-        let pid = server_of(keeper.id()).ok_or("the keeper runs no server")?;
+        let pid = crate::torture::keeper_child(keeper.id()).ok_or("the keeper runs no server")?;
         let t = Instant::now();
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?,

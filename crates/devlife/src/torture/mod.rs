@@ -178,6 +178,13 @@ fn chaos_step(dir: &Path, rng: &mut Rng, c: &Chaos) {
     }
 }
 
+/// The server a keeper (`devlife serve --supervise`, process `keeper`)
+/// runs now: its one child.
+pub fn keeper_child(keeper: u32) -> Option<u32> {
+    let c = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
+    c.split_whitespace().next()?.parse().ok()
+}
+
 /// The server kills of `--kill-server`.
 #[derive(Default)]
 struct Kills {
@@ -192,17 +199,12 @@ impl Kills {
     /// SIGKILLs the server `keeper` runs, and waits (30 s hang guard) for
     /// the next one to answer.
     fn kill(&mut self, keeper: u32, dir: &Path) -> Result<(), String> {
-        let children = |k: u32| {
-            std::fs::read_to_string(format!("/proc/{k}/task/{k}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
-        };
-        let Some(pid) = children(keeper) else { return Ok(()) };
+        let Some(pid) = keeper_child(keeper) else { return Ok(()) };
         self.violations += stats(dir).get("violations").copied().unwrap_or(0);
         let p = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
         let t = Instant::now();
         rustix::process::kill_process(p, rustix::process::Signal::KILL).map_err(|e| e.to_string())?;
-        while children(keeper).is_none_or(|c| c == pid) || !dir.join("debug/devlife/stats").exists() {
+        while keeper_child(keeper).is_none_or(|c| c == pid) || !dir.join("debug/devlife/stats").exists() {
             if t.elapsed() > Duration::from_secs(30) {
                 return Err("the server was not restarted within 30 s of its kill".into());
             }
