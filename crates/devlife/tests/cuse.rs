@@ -267,11 +267,7 @@ fn sigkill_of_the_server_frees_blocked_clients_and_a_restart_brings_the_nodes_ba
     assert_eq!(common::count(&*fd), Err(Errno::NOTCONN));
     until(|| gone("xyz0") && gone("xyz1"));
     drop(s);
-    // No client thread of ours is left in state D.
-    for t in std::fs::read_dir("/proc/self/task").unwrap() {
-        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
-        assert_ne!(stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("D"));
-    }
+    no_thread_in_state_d();
     let s = Server::start(&["--cuse"]).unwrap();
     until(|| !gone("xyz0"));
     assert_eq!(common::count(open_dev("xyz0").unwrap()), Ok(1));
@@ -284,6 +280,11 @@ fn sigkill_of_the_server_frees_blocked_clients_and_a_restart_brings_the_nodes_ba
 fn server_shutdown_removes_every_node() {
     let (_t, s) = serve();
     assert!(!gone("xyz0") && !gone("xyz1"));
+    stop_removes_every_node(s);
+}
+
+/// Stops `s` (SIGTERM): it exits 0 and both nodes are gone.
+fn stop_removes_every_node(s: Server) {
     let log = s.stderr.clone();
     let st = s.stop();
     assert!(st.success(), "{st:?}: {}", log.lock().unwrap());
@@ -351,4 +352,217 @@ fn a_32_bit_client_gets_the_same_answers() {
     until(|| !gone("bench0"));
     assert_eq!(common::run_c_client(&c32, Path::new("/dev/bench0"), "count"), "count ENOTTY");
     assert_eq!(common::run_c_client(&c_client(), Path::new("/dev/bench0"), "count"), "count 1");
+}
+
+/// A `--supervise`d CUSE server (its channels kept by the keeper), on
+/// `/dev/fuse`: what a restartable server serves through.
+fn serve_supervised() -> (std::sync::MutexGuard<'static, ()>, Server) {
+    let turn = lock(&ONE_AT_A_TIME);
+    assert!(Path::new("/dev/cuse").exists(), "no /dev/cuse: run these in scripts/vm-test");
+    let s = Server::start_on(["--io-uring", "off"], &["--cuse", "--supervise"]).expect("FUSE is needed");
+    (turn, s)
+}
+
+fn rdev(name: &str) -> u64 {
+    std::fs::metadata(format!("/dev/{name}")).unwrap().rdev()
+}
+
+/// Watches `/dev/<name>` on a thread of its own until the returned flag is
+/// set; the thread's result says whether it was ever missing.
+fn watch_node(
+    name: &'static str,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<bool>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut missing = false;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            missing |= gone(name);
+            std::thread::yield_now();
+        }
+        missing
+    });
+    (stop, t)
+}
+
+/// No client thread of ours is left in state D.
+fn no_thread_in_state_d() {
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+        assert_ne!(stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("D"));
+    }
+}
+
+/// The server's death is an unplug over CUSE too: the keeper holds every
+/// channel, so `/dev/xyz0` and `/dev/xyz1` stay (same numbers) through it;
+/// callers the dead server held get `ENODEV` (their requests resent to
+/// the next server), a poller `POLLHUP | POLLERR`, a descriptor opened
+/// before the death `ENODEV`; new opens reach the new server's drivers.
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn a_killed_supervised_server_keeps_every_node_and_its_number() {
+    let (_t, s) = serve_supervised();
+    let before = (rdev("xyz0"), rdev("xyz1"));
+    let idle = open_dev("xyz0").unwrap();
+    let fd = std::sync::Arc::new(open_dev("xyz0").unwrap());
+    let reader = {
+        let fd = fd.clone();
+        blocked(libc::SYS_read, move || common::read(&*fd, 8))
+    };
+    let waiter = {
+        let fd = fd.clone();
+        blocked(libc::SYS_ioctl, move || common::wait_ioctl(&*fd))
+    };
+    let poller = {
+        let fd = fd.clone();
+        blocked(libc::SYS_ppoll, move || common::poll_now(&*fd, PollFlags::IN, 60_000))
+    };
+    until(|| s.busy() >= 2);
+    let (stop, watcher) = watch_node("xyz0");
+    let first = devlife::torture::keeper_child(s.child.id()).expect("the keeper runs a server");
+    common::kill(first);
+    let second = common::restarted(&s, first);
+    assert_eq!(reader.join().unwrap(), Err(Errno::NODEV), "a blocked reader the dead server held");
+    assert_eq!(waiter.join().unwrap(), Err(Errno::NODEV), "a waiter the dead server held");
+    let revents = poller.join().unwrap();
+    assert!(revents.contains(PollFlags::HUP | PollFlags::ERR), "{revents:?}");
+    // An earlier descriptor is a removed device's file.
+    assert_eq!(common::count(&idle), Err(Errno::NODEV));
+    assert_eq!(common::read(&idle, 1), Err(Errno::NODEV));
+    let r = common::poll_now(&idle, PollFlags::IN, 0);
+    assert!(r.contains(PollFlags::HUP | PollFlags::ERR), "{r:?}");
+    drop(idle);
+    // The same devices, never gone; new opens reach the new drivers.
+    let fresh = open_dev("xyz0").unwrap();
+    assert_eq!(common::count(&fresh), Ok(1), "a new server's count");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(!watcher.join().unwrap(), "/dev/xyz0 went missing during the restart");
+    assert_eq!((rdev("xyz0"), rdev("xyz1")), before, "the devices' numbers");
+    let class = std::fs::read_to_string(s.p("sys/class/xyz/xyz0/dev")).unwrap();
+    assert_eq!(class, format!("{}:{}\n", libc::major(before.0), libc::minor(before.0)));
+    no_thread_in_state_d();
+    assert_ne!(second, first);
+    drop(fresh);
+    // A clean stop still removes every node (the keeper drops the channels).
+    stop_removes_every_node(s);
+}
+
+/// A planned upgrade (SIGHUP to the keeper) keeps the CUSE devices too:
+/// clients looping open, `XYZ_IOC_COUNT`, close through it see `ENODEV`
+/// only on descriptors opened before it, and no other error.
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn a_planned_upgrade_keeps_every_node_and_fails_only_earlier_descriptors() {
+    let (_t, s) = serve_supervised();
+    let before = rdev("xyz0");
+    let earlier = open_dev("xyz0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let upgraded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, after, upgraded) = (stop.clone(), after.clone(), upgraded.clone());
+            std::thread::spawn(move || {
+                let (mut ops, mut nodev, mut bad) = (0u64, 0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let fd = match open_dev("xyz0") {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            bad.push(format!("open: {e}"));
+                            continue;
+                        }
+                    };
+                    match common::count(&fd) {
+                        Ok(_) => {
+                            ops += 1;
+                            if upgraded.load(std::sync::atomic::Ordering::Relaxed) {
+                                after.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        Err(Errno::NODEV) => nodev += 1,
+                        Err(e) => bad.push(format!("ioctl: {e}")),
+                    }
+                }
+                (ops, nodev, bad)
+            })
+        })
+        .collect();
+    until(|| {
+        std::fs::read_to_string(s.p("debug/xyz/xyz0/ops"))
+            .is_ok_and(|o| o.trim().parse::<u64>().unwrap_or(0) > 50)
+    });
+    let first = devlife::torture::keeper_child(s.child.id()).unwrap();
+    s.signal(rustix::process::Signal::HUP);
+    let second = common::restarted(&s, first);
+    upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
+    until(|| after.load(std::sync::atomic::Ordering::Relaxed) > 50);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ops, mut nodev) = (0, 0);
+    for l in loops {
+        let (o, n, bad) = l.join().unwrap();
+        assert!(bad.is_empty(), "errors other than an earlier descriptor's ENODEV: {bad:?}");
+        ops += o;
+        nodev += n;
+    }
+    eprintln!("{ops} ops, {nodev} ENODEV on descriptors opened before the upgrade");
+    assert_eq!(common::count(&earlier), Err(Errno::NODEV));
+    assert_eq!(rdev("xyz0"), before, "the device's number");
+    assert_ne!(second, first);
+    drop(earlier);
+    assert!(s.stop().success());
+}
+
+/// Hot-unplug racing clients (issue 24): three threads loop open,
+/// `XYZ_IOC_COUNT`, close on `/dev/hp0` while it is deleted and added
+/// again 60 times. A racing client sees what a removed Linux character
+/// device gives: `ENOENT` (the node is gone), `ENXIO` (a device number
+/// with no device), `ENODEV` (a call reaching the removed device) or
+/// `ENOTCONN` (a descriptor of a closed channel), never `ECONNABORTED`.
+#[test]
+#[ignore = "needs CUSE: run by scripts/vm-test"]
+fn hot_unplug_racing_open_ioctl_close_sees_only_a_removed_devices_errnos() {
+    let (_t, s) = serve();
+    s.write("sys/bus/sim/new_device", "xyz hp0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeMap::<String, u64>::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (what, r) = match open_dev("hp0") {
+                        Ok(fd) => ("ioctl", common::count(&fd).map(drop)),
+                        Err(e) => ("open", Err(e)),
+                    };
+                    let key = match r {
+                        Ok(()) => "ok".to_owned(),
+                        Err(Errno::NOENT) => "ENOENT".to_owned(),
+                        Err(Errno::NXIO) => "ENXIO".to_owned(),
+                        Err(Errno::NODEV) => "ENODEV".to_owned(),
+                        Err(Errno::NOTCONN) => "ENOTCONN".to_owned(),
+                        Err(Errno::CONNABORTED) => "ECONNABORTED".to_owned(),
+                        Err(e) => format!("errno {} ({e})", e.raw_os_error()),
+                    };
+                    let key = if key == "ok" { key } else { format!("{what} {key}") };
+                    *seen.entry(key).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for _ in 0..60 {
+        s.write("sys/bus/sim/delete_device", "hp0").unwrap();
+        s.write("sys/bus/sim/new_device", "xyz hp0").unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = std::collections::BTreeMap::<String, u64>::new();
+    for c in clients {
+        for (k, n) in c.join().unwrap() {
+            *all.entry(k).or_default() += n;
+        }
+    }
+    eprintln!("what the racing clients saw: {all:?}");
+    let allowed = ["ok", "ENOENT", "ENXIO", "ENODEV", "ENOTCONN"];
+    assert!(all.keys().all(|k| k == "ok" || allowed.contains(&k.split_once(' ').unwrap().1)), "{all:?}");
+    assert!(all.get("ok").copied().unwrap_or(0) > 0, "no call reached the device: {all:?}");
 }

@@ -19,34 +19,20 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A restartable server's transport: `/dev/fuse` (docs/ARCHITECTURE.md,
-/// "Restarts").
-const DEV_FUSE: [&str; 2] = ["--io-uring", "off"];
+/// A restartable server's transport flag: under the io_uring suite
+/// (`DEVLIFE_TEST_TRANSPORT=io-uring`) `auto`, which a restartable server
+/// serves through `/dev/fuse` (docs/ARCHITECTURE.md, "Restarts": checked
+/// by `a_restartable_server_serves_through_dev_fuse_and_refuses_rings`);
+/// otherwise `off`.
+fn restartable_transport() -> [&'static str; 2] {
+    match transport_args() {
+        ["--io-uring", "on"] => ["--io-uring", "auto"],
+        _ => ["--io-uring", "off"],
+    }
+}
 const SUPERVISED: [&str; 1] = ["--supervise"];
 
 use devlife::torture::keeper_child as server_pid;
-
-/// Waits (60 s hang guard) until the keeper runs a server other than
-/// `old` that answers; returns its pid.
-fn restarted(s: &Server, old: u32) -> u32 {
-    let t = Instant::now();
-    loop {
-        let pid = server_pid(s.child.id()).unwrap_or(old);
-        if pid != old && std::fs::read_to_string(s.p("debug/devlife/stats")).is_ok() {
-            return pid;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no new server answers; its log:\n{}",
-            s.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
-    }
-}
-
-fn kill(pid: u32) {
-    rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
-}
 
 /// What one client saw.
 type Outcome = (&'static str, Result<String, Errno>);
@@ -90,7 +76,7 @@ fn tgkill(tid: i32, sig: i32) {
 
 #[test]
 fn a_killed_server_is_an_unplug_of_every_device_and_the_mount_survives() {
-    let Some(s) = Server::start_on(DEV_FUSE, &SUPERVISED) else { return };
+    let Some(s) = Server::start_on(restartable_transport(), &SUPERVISED) else { return };
     catch_usr1();
     let first = server_pid(s.child.id()).expect("the keeper runs a server");
     let idle = s.open("dev/xyz0");
@@ -158,8 +144,24 @@ fn a_killed_server_is_an_unplug_of_every_device_and_the_mount_survives() {
 }
 
 #[test]
+fn a_restartable_server_serves_through_dev_fuse_and_refuses_rings() {
+    let Some(s) = Server::start_on(["--io-uring", "auto"], &SUPERVISED) else { return };
+    assert_eq!(fuse_stats(&s)["transport"], "dev_fuse", "auto, restartable: /dev/fuse");
+    assert!(s.stop().success());
+    // `on` asks for what a restart cannot keep: refused, with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_devlife"))
+        .args(["serve", "--supervise", "--io-uring", "on", "--mount"])
+        .arg(std::env::temp_dir().join(format!("devlife-test-rings-{}", std::process::id())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("a restartable server serves through /dev/fuse"), "{err}");
+}
+
+#[test]
 fn a_clean_stop_unmounts_and_the_keeper_exits_with_the_server() {
-    let Some(s) = Server::start_on(DEV_FUSE, &SUPERVISED) else { return };
+    let Some(s) = Server::start_on(restartable_transport(), &SUPERVISED) else { return };
     let dir = s.dir.clone();
     let server = server_pid(s.child.id()).unwrap();
     let status = s.stop();
@@ -182,7 +184,7 @@ fn footprint(pid: u32) -> (u64, usize) {
 
 #[test]
 fn a_crash_loop_leaves_the_keeper_flat_and_the_mount_served() {
-    let Some(s) = Server::start_on(DEV_FUSE, &SUPERVISED) else { return };
+    let Some(s) = Server::start_on(restartable_transport(), &SUPERVISED) else { return };
     let keeper = s.child.id();
     // One restart first, so the keeper's store holds what it will hold.
     let first = server_pid(keeper).unwrap();
@@ -345,7 +347,7 @@ fn systemds_descriptor_store_keeps_the_connection_for_the_next_start() {
 
 #[test]
 fn a_planned_upgrade_loses_no_request_and_fails_only_earlier_descriptors() {
-    let Some(s) = Server::start_on(DEV_FUSE, &SUPERVISED) else { return };
+    let Some(s) = Server::start_on(restartable_transport(), &SUPERVISED) else { return };
     let keeper = s.child.id();
     let first = server_pid(keeper).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -107,6 +107,48 @@ impl<F: Filesystem> CuseDevice<F> {
                 "the kernel refused CUSE device {name} (its name or number is taken; see dmesg)"
             )));
         }
+        Self::serve(name, fd, fs, config, negotiated)
+    }
+
+    /// Serves again the channel of device `name`, kept open by someone
+    /// while the server that opened it died (see `devlife-serve`'s
+    /// restarts): the device, its name and its number are the ones the
+    /// kernel registered then (a channel's device lives as long as one of
+    /// its descriptors). `negotiated` is what its `CUSE_INIT` settled
+    /// ([`negotiated`](Self::negotiated)). The kernel is first asked to
+    /// send again every request the dead server had read and not answered
+    /// (`FUSE_NOTIFY_RESEND`), so that `fs` answers them.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when no CUSE device `name` is registered (the channel
+    /// is not that device's); `NotConnected` when the channel was aborted.
+    pub fn resume(
+        name: &str,
+        fd: OwnedFd,
+        fs: F,
+        config: Config,
+        negotiated: Negotiated,
+    ) -> io::Result<Self> {
+        check_name(name)?;
+        if !class_dir(name).exists() || aborted(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the kept channel of CUSE device {name} is no longer its device's"),
+            ));
+        }
+        match send(&fd, 0, abi::notify::RESEND, &[]) {
+            Ok(()) => {}
+            Err(Errno::NODEV | Errno::NOTCONN | Errno::CONNABORTED) => return Err(Errno::NOTCONN.into()),
+            // EINVAL: a kernel before 6.9; see `Session::resume`.
+            Err(e) => {
+                tracing::warn!(device = name, "the kernel cannot resend the earlier server's requests ({e})")
+            }
+        }
+        Self::serve(name, fd, fs, config, negotiated)
+    }
+
+    fn serve(name: &str, fd: OwnedFd, fs: F, config: Config, negotiated: Negotiated) -> io::Result<Self> {
         let devt = read_devt(name)?;
         let shared =
             Shared::new(fs, Arc::new(fd), config, negotiated, Arc::new(TransportStats::default()), true);
@@ -116,6 +158,33 @@ impl<F: Filesystem> CuseDevice<F> {
         let _ = shared.stats.transport.set(Transport::DevFuse);
         let session = Session { shared, transport: Transport::DevFuse };
         Ok(CuseDevice { session, name: name.to_owned(), devt, closed: false })
+    }
+
+    /// A new descriptor of the channel, to keep it (and so the device,
+    /// its name and number) beyond this process: see
+    /// [`resume`](Self::resume).
+    pub fn channel(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::io::fcntl_dupfd_cloexec(&*self.session.shared.master, 0)?)
+    }
+
+    /// What the channel's `CUSE_INIT` settled (for [`resume`](Self::resume)).
+    pub fn negotiated(&self) -> Negotiated {
+        self.session.negotiated()
+    }
+
+    /// Stops answering new requests: each one read from now on is left in
+    /// the channel's processing queue, for the next server to have sent
+    /// again ([`resume`](Self::resume)); requests already taken are still
+    /// answered. A planned hand-over: see [`Session::hand_over`].
+    pub fn hand_over(&self) {
+        self.session.hand_over();
+    }
+
+    /// Ends serving without closing anything: the channel stays open in
+    /// whoever keeps it ([`channel`](Self::channel)), and so does the
+    /// device. For a process about to exit after [`hand_over`](Self::hand_over).
+    pub fn leave(mut self) {
+        self.closed = true;
     }
 
     /// The device's name (`/dev/<name>`).
@@ -153,6 +222,12 @@ impl<F: Filesystem> CuseDevice<F> {
     fn shut(&mut self) {
         /// How long a close waits for the channel's deferred requests.
         const DEFERRED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+        /// How long it waits for the channel to have no request queued.
+        const QUIET_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+        /// How long it waits for the kernel to unregister the device once
+        /// the channel is closed here (a keeper's descriptor is closed by
+        /// the keeper: `devlife-serve`'s restarts).
+        const UNREGISTER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
@@ -163,6 +238,12 @@ impl<F: Filesystem> CuseDevice<F> {
         let left = s.inflight.deferred.wait_empty(DEFERRED_GRACE);
         if left != 0 {
             tracing::warn!(device = %self.name, left, "closing the CUSE channel with deferred requests unanswered");
+        }
+        // The abort ends every request still queued or being handled with
+        // `ECONNABORTED` (`fuse_abort_conn` -> `end_requests`): those the
+        // kernel has queued are read and answered first.
+        if !self.quiesce(QUIET_GRACE) {
+            tracing::warn!(device = %self.name, "closing the CUSE channel while its callers still send requests");
         }
         if !s.is_ended() {
             if let Err(e) = std::fs::write(class_dir(&self.name).join("abort"), "1") {
@@ -195,7 +276,50 @@ impl<F: Filesystem> CuseDevice<F> {
             }
             Err(e) => tracing::warn!(device = %self.name, "closing the CUSE channel: /dev/null: {e}"),
         }
+        if !poll_until(UNREGISTER_GRACE, || !class_dir(&self.name).exists()) {
+            tracing::warn!(device = %self.name, "the channel is closed but the device is still registered (another descriptor of it is open)");
+        }
     }
+
+    /// Waits (at most `grace`) until no request is queued for the channel
+    /// and none is being handled; returns whether that came.
+    fn quiesce(&self, grace: std::time::Duration) -> bool {
+        let s = &self.session.shared;
+        // Twice in a row, a moment apart: a request taken between the
+        // two looks would show in the second.
+        let quiet = || s.is_ended() || (!pending(&s.master) && s.dev.all_idle());
+        poll_until(grace, || {
+            quiet() && {
+                std::thread::yield_now();
+                quiet()
+            }
+        })
+    }
+}
+
+/// Looks at `done` every 200 us until it holds or `within` has passed;
+/// returns whether it held. For states the kernel sends no event for (an
+/// empty queue, an unregistered device).
+fn poll_until(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= within {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Whether the kernel has requests queued for the channel, unread
+/// (`fuse_dev_poll`: `POLLIN` while `request_pending`).
+fn pending(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0].revents().contains(PollFlags::IN)
 }
 
 impl<F: Filesystem> Drop for CuseDevice<F> {

@@ -39,6 +39,14 @@ pub(crate) struct Pool {
     workers: AtomicUsize,
 }
 
+impl Pool {
+    /// Whether every worker is waiting in `read(2)`: none is handling a
+    /// request, or about to.
+    pub(crate) fn all_idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire) == self.workers.load(Ordering::Acquire)
+    }
+}
+
 /// A new connection to the same session (`FUSE_DEV_IOC_CLONE`), or the
 /// master itself if cloning is refused. A CUSE channel is never cloned:
 /// the kernel clones only onto a descriptor of the same device, and a new

@@ -12,9 +12,12 @@
 //! has the table.
 
 use crate::file::{caller, file_ioctl, file_poll, file_read, file_write, kerr};
+use crate::fs::generation_of;
 use crate::handles::Handles;
+use crate::restart::state::{LAST_GENERATION, State as Record};
+use crate::restart::{Channels, Kept, PollHandles};
 use devlife_core::gate::sync::lock;
-use devlife_core::{Change, File, Llseek, NodeRef, System, WeakSystem};
+use devlife_core::{Change, File, Llseek, NodeRef, PollMask, System, WeakSystem};
 use devlife_fuse::{
     Config, CuseDevice, Errno, Filesystem, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs, Req,
 };
@@ -35,17 +38,43 @@ struct CuseFile {
 /// One node's requests, as a CUSE channel brings them.
 pub(crate) struct CuseNode {
     node: NodeRef,
+    /// The channel's generation: handles of an earlier one are files of a
+    /// removed device (see `restart`).
+    generation: u16,
     files: Handles<CuseFile>,
     notifier: OnceLock<Notifier>,
+    /// The channel's poll handles, for the next server of a kept channel.
+    polled: PollHandles,
 }
 
 impl CuseNode {
-    fn new(node: NodeRef) -> Self {
-        CuseNode { node, files: Handles::default(), notifier: OnceLock::new() }
+    fn new(node: NodeRef, generation: u16, polled: PollHandles) -> Self {
+        CuseNode {
+            node,
+            generation,
+            files: Handles::in_generation(generation),
+            notifier: OnceLock::new(),
+            polled,
+        }
     }
 
     fn file(&self, fh: u64) -> Result<Arc<CuseFile>, Errno> {
-        self.files.get(fh).ok_or(Errno::BADF)
+        match self.files.get(fh) {
+            Some(f) => Ok(f),
+            // Opened from an earlier server of the channel: a file of the
+            // device removed with it.
+            None if self.is_earlier(fh) => Err(Errno::NODEV),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    fn is_earlier(&self, fh: u64) -> bool {
+        generation_of(fh) != self.generation
+    }
+
+    /// Whether every file opened on the channel has been released.
+    fn released(&self) -> bool {
+        self.files.is_empty()
     }
 
     /// Runs `f` at the file's position and advances it by what `f` moved.
@@ -131,14 +160,53 @@ impl Filesystem for CuseNode {
     }
 
     fn poll(&self, req: &Req<'_>, _ino: u64, fh: u64, kh: Option<u64>, _events: u32) -> Result<u32, Errno> {
+        if self.is_earlier(fh) {
+            return Ok((PollMask::HUP | PollMask::ERR).0);
+        }
+        if let Some(kh) = kh {
+            self.polled.saw(kh);
+        }
         Ok(file_poll(&self.file(fh)?.file, req, kh))
     }
 }
+
+/// A kept channel whose device the new server does not have (the earlier
+/// one had hot-added it): every call is answered as on a removed device
+/// until the channel is closed.
+struct Removed;
+
+impl Filesystem for Removed {
+    fn open(&self, _: &Req<'_>, _: u64, _: u32) -> Result<Opened, Errno> {
+        Err(Errno::NODEV)
+    }
+    fn read(&self, _: &Req<'_>, _: u64, _: &ReadArgs, _: &mut Vec<u8>) -> Result<(), Errno> {
+        Err(Errno::NODEV)
+    }
+    fn write(&self, _: &Req<'_>, _: u64, _: u64, _: u64, _: &[u8], _: u32) -> Result<u32, Errno> {
+        Err(Errno::NODEV)
+    }
+    fn release(&self, _: &Req<'_>, _: u64, _: u64) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn ioctl(&self, _: &Req<'_>, _: u64, _: &IoctlArgs<'_>, _: &mut Vec<u8>) -> Result<IoctlReply, Errno> {
+        Err(Errno::NODEV)
+    }
+    fn poll(&self, _: &Req<'_>, _: u64, _: u64, _: Option<u64>, _: u32) -> Result<u32, Errno> {
+        Ok((PollMask::HUP | PollMask::ERR).0)
+    }
+}
+
+/// How long the close of a removed node's channel waits for the files
+/// opened on it to be released (callers that close on the removal's
+/// `ENODEV`); a descriptor kept open longer sees `ENOTCONN` afterwards.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The CUSE devices of a served system, by node name.
 pub(crate) struct CuseNodes {
     sys: WeakSystem,
     dev_dir: PathBuf,
+    /// Where the channels are kept, when the server is restartable.
+    channels: Option<Channels>,
     state: Mutex<State>,
 }
 
@@ -149,12 +217,21 @@ struct State {
     closing: HashMap<String, JoinHandle<()>>,
     /// Set at shutdown: no new channels.
     stopped: bool,
+    /// Set by a hand-over: channels are left to the next server, not
+    /// closed, when their nodes are removed.
+    handing_over: bool,
 }
 
 impl CuseNodes {
     /// Serves every device node of `sys` over CUSE, now and as nodes come
-    /// and go; their entries appear in `dev_dir` (devtmpfs: `/dev`).
-    pub(crate) fn start(sys: &System, dev_dir: &Path) -> std::io::Result<Arc<Self>> {
+    /// and go; their entries appear in `dev_dir` (devtmpfs: `/dev`). With
+    /// `channels` (a restartable server), the channels an earlier server
+    /// kept are served again, and this server's are kept.
+    pub(crate) fn start(
+        sys: &System,
+        dev_dir: &Path,
+        channels: Option<Channels>,
+    ) -> std::io::Result<Arc<Self>> {
         if !Path::new(devlife_fuse::cuse::CUSE_DEV).exists() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -167,6 +244,7 @@ impl CuseNodes {
         let me = Arc::new(CuseNodes {
             sys: sys.downgrade(),
             dev_dir: dev_dir.to_owned(),
+            channels,
             state: Mutex::default(),
         });
         let weak = Arc::downgrade(&me);
@@ -181,7 +259,121 @@ impl CuseNodes {
         for n in sys.dev_nodes() {
             me.add(&n.name);
         }
+        if let Some(c) = &me.channels {
+            for (name, kept) in c.take_rest() {
+                me.end_kept(&name, kept);
+            }
+        }
         Ok(me)
+    }
+
+    /// Ends a kept channel whose device this server does not have: the
+    /// requests the earlier server left are answered as on a removed
+    /// device, then the channel is closed.
+    fn end_kept(&self, name: &str, kept: Kept) {
+        let config = Config { io_uring: false, ..Config::default() };
+        let negotiated = kept.state.negotiated;
+        match CuseDevice::resume(name, kept.fd, Removed, config, negotiated) {
+            Ok(dev) => self.close_removed(name, dev, |_| true),
+            Err(e) => tracing::warn!(device = name, "a kept CUSE channel: {e}"),
+        }
+        if let Some(c) = &self.channels {
+            c.forget(name);
+        }
+        tracing::info!(device = name, "removed a CUSE device the earlier server had and this one has not");
+    }
+
+    /// Closes the channel of a removed node, narrowing the window in which
+    /// a racing call gets `ECONNABORTED` (the close aborts the connection:
+    /// `fuse_abort_conn` ends every request queued or being handled with
+    /// it). Its `/dev` entry is unlinked first, so that opens by name get
+    /// `ENOENT` rather than a request; then it waits (at most
+    /// [`RELEASE_GRACE`]) until every descriptor opened on it is released
+    /// (`released`), so none can send a call; the store drops the channel;
+    /// and [`CuseDevice::close`] waits for the channel to be quiet before
+    /// it aborts. What remains is in `docs/ARCHITECTURE.md`, "What clients
+    /// see at removal, over CUSE".
+    fn close_removed<F: Filesystem>(&self, name: &str, dev: CuseDevice<F>, released: impl Fn(&F) -> bool) {
+        match std::fs::remove_file(self.dev_dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(node = name, "unlinking its /dev entry: {e}"),
+        }
+        let start = Instant::now();
+        while !released(dev.fs()) && start.elapsed() < RELEASE_GRACE {
+            // The kernel sends no event for "every file closed": looked at
+            // every 200 us, as the close looks at the queue.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        if let Some(c) = &self.channels {
+            c.forget(name);
+        }
+        dev.close();
+    }
+
+    /// Serves `node`'s channel: the one an earlier server kept, or a new
+    /// one (kept, if the server is restartable).
+    fn channel(&self, name: &str, node: &NodeRef) -> Result<CuseDevice<CuseNode>, String> {
+        let config = Config { io_uring: false, ..Config::default() };
+        if let Some(kept) = self.channels.as_ref().and_then(|c| c.take(name)) {
+            match self.resume(name, node, kept, config.clone()) {
+                Ok(dev) => return Ok(dev),
+                Err(e) => {
+                    tracing::warn!(
+                        node = name,
+                        "cannot serve the kept CUSE channel ({e}); registering the device anew"
+                    );
+                    if let Some(c) = &self.channels {
+                        c.forget(name);
+                    }
+                }
+            }
+        }
+        let polled = PollHandles::unrecorded();
+        let dev = CuseDevice::open(name, None, CuseNode::new(node.clone(), 0, polled), config)
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = &self.channels {
+            let record = Record { generation: 0, negotiated: dev.negotiated(), max_kh: 0 };
+            let kept = dev.channel().and_then(|ch| c.keep(name, &ch, &record));
+            match kept.and_then(|st| st.map(|fd| rustix::io::dup(&fd).map_err(Into::into)).transpose()) {
+                Ok(Some(fd)) => dev.fs().polled.record_into(fd),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(node = name, "cannot keep its CUSE channel for a restart: {e}"),
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Serves a channel an earlier server kept, in the next generation.
+    fn resume(
+        &self,
+        name: &str,
+        node: &NodeRef,
+        kept: Kept,
+        config: Config,
+    ) -> std::io::Result<CuseDevice<CuseNode>> {
+        let Kept { fd, state_fd, state } = kept;
+        if state.generation == LAST_GENERATION {
+            return Err(std::io::Error::other("its handle generations are used up"));
+        }
+        // Written first, as for the FUSE connection (`server::resume`).
+        let generation = state.generation + 1;
+        Record { generation, ..state }.write(&state_fd)?;
+        let polled = PollHandles::new(rustix::io::dup(&state_fd)?, state.max_kh);
+        let dev = CuseDevice::resume(
+            name,
+            fd,
+            CuseNode::new(node.clone(), generation, polled),
+            config,
+            state.negotiated,
+        )?;
+        // Pollers the earlier server left asleep poll again.
+        for kh in 1..=state.max_kh {
+            dev.notifier().poll_wakeup(kh);
+        }
+        dev.notifier().flush();
+        tracing::info!(node = name, generation, "serving the CUSE channel an earlier server kept");
+        Ok(dev)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -193,7 +385,7 @@ impl CuseNodes {
         self.lock().open.get(name).map(CuseDevice::devt)
     }
 
-    fn add(&self, name: &str) {
+    fn add(self: &Arc<Self>, name: &str) {
         let Some(sys) = self.sys.upgrade() else { return };
         // The kernel allows one device per name: the old one goes first.
         let old = self.lock().closing.remove(name);
@@ -208,8 +400,7 @@ impl CuseNodes {
             }
         }
         let started = Instant::now();
-        let config = Config { io_uring: false, ..Config::default() };
-        let dev = match CuseDevice::open(name, None, CuseNode::new(n.node.clone()), config) {
+        let dev = match self.channel(name, &n.node) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(node = name, "cannot serve it over CUSE: {e}");
@@ -233,7 +424,7 @@ impl CuseNodes {
         st.open.insert(name.to_owned(), dev);
     }
 
-    fn remove(&self, name: &str) {
+    fn remove(self: &Arc<Self>, name: &str) {
         let mut st = self.lock();
         let Some(dev) = st.open.remove(name) else { return };
         self.close_after_removal(&mut st, name, dev);
@@ -242,12 +433,18 @@ impl CuseNodes {
     /// Closes `dev` once its node's removal has completed, on a thread of
     /// its own: the removal runs after the hook that asked for this, on
     /// the hook's thread.
-    fn close_after_removal(&self, st: &mut State, name: &str, dev: CuseDevice<CuseNode>) {
+    fn close_after_removal(self: &Arc<Self>, st: &mut State, name: &str, dev: CuseDevice<CuseNode>) {
         let node = dev.fs().node.clone();
+        let (me, handing_over, n) = (self.clone(), st.handing_over, name.to_owned());
         let spawned =
             std::thread::Builder::new().name(format!("devlife-cuse-close:{name}")).spawn(move || {
                 node.wait_removed();
-                dev.close();
+                if handing_over {
+                    // The channel, and the device, stay for the next server.
+                    dev.leave();
+                } else {
+                    me.close_removed(&n, dev, CuseNode::released);
+                }
             });
         match spawned {
             Ok(t) => {
@@ -276,8 +473,32 @@ impl CuseNodes {
             st.stopped = true;
             st.open.drain().collect()
         };
+        for (name, dev) in open {
+            self.close_removed(&name, dev, CuseNode::released);
+        }
+        self.settle();
+    }
+
+    /// A planned hand-over, before the nodes' removal: every channel stops
+    /// answering new requests (they are left for the next server; see
+    /// [`CuseDevice::hand_over`]) and, once its node is removed, is left
+    /// open in the store rather than closed: the devices, their names,
+    /// numbers and `/dev` entries stay for the next server.
+    pub(crate) fn hand_over(&self) {
+        let mut st = self.lock();
+        st.handing_over = true;
+        st.stopped = true;
+        for dev in st.open.values() {
+            dev.hand_over();
+        }
+    }
+
+    /// After [`hand_over`](Self::hand_over) and the nodes' removal: leaves
+    /// every channel to the next server.
+    pub(crate) fn leave(&self) {
+        let open: Vec<_> = self.lock().open.drain().collect();
         for (_, dev) in open {
-            dev.close();
+            dev.leave();
         }
         self.settle();
     }

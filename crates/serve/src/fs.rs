@@ -77,7 +77,7 @@ pub(crate) fn generation_base(generation: u16) -> u64 {
 }
 
 /// The generation a handle or inode number was given in.
-fn generation_of(n: u64) -> u16 {
+pub(crate) fn generation_of(n: u64) -> u16 {
     (n >> 48) as u16
 }
 

@@ -156,7 +156,7 @@ impl Server {
         opts: &Options,
         session: Session<ServeFs>,
         mount: Mount,
-        restart: Restart,
+        mut restart: Restart,
         state_fd: Option<OwnedFd>,
     ) -> Result<Server, ServeError> {
         let dir = mount.dir().to_owned();
@@ -167,7 +167,8 @@ impl Server {
         }
         let cuse = match opts.cuse {
             true => {
-                let c = CuseNodes::start(&sys, Path::new(DEV_DIR)).map_err(ServeError::Cuse)?;
+                let c = CuseNodes::start(&sys, Path::new(DEV_DIR), restart.channels())
+                    .map_err(ServeError::Cuse)?;
                 session.fs().set_cuse(c.clone());
                 Some(c)
             }
@@ -300,9 +301,12 @@ impl Server {
             )));
         }
         self.session.hand_over();
+        if let Some(c) = &self.cuse {
+            c.hand_over();
+        }
         remove_all(&self.sys);
         if let Some(c) = self.cuse.take() {
-            c.stop();
+            c.leave();
         }
         // Left mounted, and in the store, for the next server.
         if let Some(m) = self.mount.take() {
@@ -340,6 +344,11 @@ impl Drop for Server {
             if let Some(m) = self.mount.take() {
                 std::mem::forget(m);
             }
+            // And its CUSE devices.
+            if let Some(c) = self.cuse.take() {
+                c.hand_over();
+                c.leave();
+            }
             return;
         }
         if self.mount.is_some() {
@@ -364,7 +373,7 @@ fn resume(
     kept: Kept,
     config: Config,
 ) -> Result<(Session<ServeFs>, Mount, OwnedFd), std::io::Error> {
-    let Kept { fuse, state_fd, state } = kept;
+    let Kept { fd: fuse, state_fd, state } = kept;
     if state.negotiated.ring {
         return Err(std::io::Error::other("it was served over io_uring, which a restart cannot take over"));
     }

@@ -334,3 +334,30 @@ pub fn run_c_client(client: &Path, dev: &Path, mode: &str) -> String {
     let out = Command::new(client).arg(dev).arg(mode).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// SIGKILLs process `pid`.
+pub fn kill(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+/// Waits (60 s hang guard) until the keeper that `s` runs (`--supervise`) runs
+/// a server other than `old` that answers; returns its pid.
+pub fn restarted(s: &Server, old: u32) -> u32 {
+    let t = Instant::now();
+    loop {
+        let pid = devlife::torture::keeper_child(s.child.id()).unwrap_or(old);
+        if pid != old && std::fs::read_to_string(s.p("debug/devlife/stats")).is_ok() {
+            return pid;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no new server answers; its log:\n{}",
+            lock(&s.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(2)); // polling an external process's state
+    }
+}

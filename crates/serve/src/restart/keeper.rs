@@ -14,6 +14,9 @@
 //! * A server that exits with status 0 stopped on purpose (a signal it
 //!   was sent, or its mount was unmounted from outside): the keeper exits
 //!   with it.
+//! * The first server exiting with a non-zero status before it was ever
+//!   ready did not crash: it could not start (bad options, no FUSE), and
+//!   would fail again; the keeper exits with its status, holding nothing.
 //! * A server killed by a signal, or exiting with another status, is
 //!   started again, at once if it had been ready for at least
 //!   [`HEALTHY`]; otherwise after a delay that doubles from [`FIRST_DELAY`]
@@ -53,7 +56,7 @@ pub const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// The longest delay between starts.
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// The most descriptors the store keeps (`FileDescriptorStoreMax=`).
-const STORE_MAX: usize = 64;
+const STORE_MAX: usize = 512;
 
 /// The running server.
 struct Child {
@@ -156,7 +159,7 @@ impl Keeper {
         use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
         let signals = SignalPipes::new(&[SIGCHLD, SIGTERM, SIGINT, SIGHUP])?;
         let mut delay = Duration::ZERO;
-        let mut stopping = false;
+        let (mut stopping, mut ever_ready) = (false, false);
         // SIGHUP passed on: the server hands over, and its successor
         // starts as soon as it exits, whatever its status.
         let mut upgrading = false;
@@ -204,6 +207,11 @@ impl Keeper {
             if stopping || code == Some(0) {
                 eprintln!("devlife keeper: the server {}; exiting", describe(&status));
                 return Ok(code.unwrap_or(1));
+            }
+            ever_ready |= child.ready.is_some();
+            if let (false, Some(code)) = (ever_ready, code) {
+                eprintln!("devlife keeper: the server could not start ({}); exiting", describe(&status));
+                return Ok(code);
             }
             let lived_ready = child.ready.is_some_and(|r| r.elapsed() >= HEALTHY);
             delay = if lived_ready { Duration::ZERO } else { (delay * 2).clamp(FIRST_DELAY, MAX_DELAY) };

@@ -32,15 +32,19 @@
 //! What clients see, per transport, is the table in
 //! `docs/ARCHITECTURE.md`, "Restarts".
 
+mod channels;
 pub(crate) mod keeper;
 mod pollers;
 pub(crate) mod sd;
 pub(crate) mod state;
 
+pub(crate) use channels::Channels;
 pub(crate) use pollers::PollHandles;
 use rustix::fd::OwnedFd;
 use sd::FdStore;
 use state::State;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The stored name of the `/dev/fuse` descriptor.
 pub(crate) const FUSE_NAME: &str = "devlife-fuse";
@@ -50,14 +54,17 @@ pub(crate) const STATE_NAME: &str = "devlife-state";
 /// How this server relates to earlier servers of its connection.
 pub(crate) struct Restart {
     /// Where the connection is kept, if this server is restartable.
-    store: Option<FdStore>,
+    store: Option<Arc<FdStore>>,
     /// What an earlier server kept: its connection and state.
     kept: Option<Kept>,
+    /// Its CUSE channels, by device name.
+    channels: HashMap<String, Kept>,
 }
 
-/// A connection kept from an earlier server.
+/// A connection (the FUSE one, or a CUSE channel) kept from an earlier
+/// server, with its record.
 pub(crate) struct Kept {
-    pub(crate) fuse: OwnedFd,
+    pub(crate) fd: OwnedFd,
     pub(crate) state_fd: OwnedFd,
     pub(crate) state: State,
 }
@@ -65,23 +72,52 @@ pub(crate) struct Kept {
 impl Restart {
     /// Reads this start's environment: the store, and what it passed.
     pub(crate) fn from_env() -> std::io::Result<Self> {
-        let store = FdStore::from_env()?;
+        let store = FdStore::from_env()?.map(Arc::new);
         let mut passed = sd::listen_fds();
         let mut take = |name: &str| passed.iter().position(|(n, _)| n == name).map(|i| passed.remove(i).1);
-        let kept = match (store.is_some(), take(FUSE_NAME), take(STATE_NAME)) {
-            (true, Some(fuse), Some(state_fd)) => match State::read(&state_fd) {
-                Ok(state) => Some(Kept { fuse, state_fd, state }),
+        let pair = |what: &str, fd: Option<OwnedFd>, state_fd: Option<OwnedFd>| match (
+            store.is_some(),
+            fd,
+            state_fd,
+        ) {
+            (true, Some(fd), Some(state_fd)) => match State::read(&state_fd) {
+                Ok(state) => Some(Kept { fd, state_fd, state }),
                 Err(e) => {
-                    tracing::warn!("not resuming the kept connection: {e}");
+                    tracing::warn!("not resuming the kept {what}: {e}");
                     None
                 }
             },
             _ => None,
         };
+        let kept = pair("connection", take(FUSE_NAME), take(STATE_NAME));
+        // The CUSE channels: a descriptor and a record per device.
+        let mut devices: HashMap<String, (Option<OwnedFd>, Option<OwnedFd>)> = HashMap::new();
+        for (name, fd) in std::mem::take(&mut passed) {
+            match channels::device_of(&name) {
+                Some((device, is_state)) => {
+                    let e = devices.entry(device.to_owned()).or_default();
+                    if is_state { e.1 = Some(fd) } else { e.0 = Some(fd) }
+                }
+                None => passed.push((name, fd)),
+            }
+        }
+        let channels = devices
+            .into_iter()
+            .filter_map(|(device, (fd, st))| {
+                Some((device.clone(), pair(&format!("channel of {device}"), fd, st)?))
+            })
+            .collect();
         for (name, _) in &passed {
             tracing::debug!(name, "a passed descriptor that is not ours was closed");
         }
-        Ok(Restart { store, kept })
+        Ok(Restart { store, kept, channels })
+    }
+
+    /// The CUSE channels: those kept by an earlier server, and where this
+    /// server's are kept. `None` when this server is not restartable.
+    pub(crate) fn channels(&mut self) -> Option<Channels> {
+        let store = self.store.clone()?;
+        Some(Channels::new(store, std::mem::take(&mut self.channels)))
     }
 
     /// Whether this server's connection outlives it.

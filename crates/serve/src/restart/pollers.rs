@@ -18,14 +18,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// written only when a new highest handle comes, once per polled file.
 pub(crate) struct PollHandles {
     max: AtomicU64,
-    /// Held while the record is written, so the last write is the highest.
-    state: Mutex<OwnedFd>,
+    /// The record's file, once there is one; held while it is written, so
+    /// the last write is the highest.
+    state: Mutex<Option<OwnedFd>>,
 }
 
 impl PollHandles {
     /// Recording into `state` (the record's file), from `max`.
     pub(crate) fn new(state: OwnedFd, max: u64) -> Self {
-        PollHandles { max: AtomicU64::new(max), state: Mutex::new(state) }
+        PollHandles { max: AtomicU64::new(max), state: Mutex::new(Some(state)) }
+    }
+
+    /// Counting, with no record yet ([`record_into`](Self::record_into)).
+    pub(crate) fn unrecorded() -> Self {
+        PollHandles { max: AtomicU64::new(0), state: Mutex::new(None) }
+    }
+
+    /// Records into `state` from now on, starting with the highest handle
+    /// seen so far.
+    pub(crate) fn record_into(&self, state: OwnedFd) {
+        let mut fd = lock(&self.state);
+        // Under the lock: a `saw` that found no file had raised `max`
+        // before it took the lock, so this load sees it.
+        let highest = self.max.load(Ordering::Relaxed);
+        if let Err(e) = State::write_max_kh(&state, highest) {
+            tracing::warn!("cannot record a poll handle for a restart: {e}");
+        }
+        *fd = Some(state);
     }
 
     /// The kernel gave handle `kh`.
@@ -35,8 +54,10 @@ impl PollHandles {
         if self.max.fetch_max(kh, Ordering::Relaxed) < kh {
             let fd = lock(&self.state);
             let highest = self.max.load(Ordering::Relaxed);
-            if let Err(e) = State::write_max_kh(&fd, highest) {
-                tracing::warn!(kh, "cannot record a poll handle for a restart: {e}");
+            if let Some(fd) = &*fd {
+                if let Err(e) = State::write_max_kh(fd, highest) {
+                    tracing::warn!(kh, "cannot record a poll handle for a restart: {e}");
+                }
             }
         }
     }
