@@ -208,13 +208,16 @@ impl<F: Filesystem> CuseDevice<F> {
     }
 
     /// Removes the device: waits (at most 5 s) until every deferred request
-    /// of the channel is answered, aborts the channel (calls in the server then
-    /// fail `ECONNABORTED`, later calls on its open files `ENOTCONN`),
-    /// waits for every worker to leave, and closes the channel, which
-    /// unregisters the device and frees its name. Returns once the kernel
-    /// has unregistered it (devtmpfs removes `/dev/<name>` right after);
-    /// if the abort cannot be written (no sysfs, no permission) it logs
-    /// that and leaves the device until the process exits.
+    /// of the channel is answered, then (at most 1 s) until no request is
+    /// queued and none is being handled, aborts the channel (a call that
+    /// enters it in between fails `ECONNABORTED`, later calls on its open
+    /// files `ENOTCONN`), waits for every worker to leave, and closes the
+    /// channel, which unregisters the device and frees its name. Returns
+    /// once the kernel has unregistered it (at most 5 s after the close,
+    /// for another holder of the channel to close it: see
+    /// [`channel`](Self::channel); devtmpfs removes `/dev/<name>` right
+    /// after); if the abort cannot be written (no sysfs, no permission) it
+    /// logs that and leaves the device until the process exits.
     pub fn close(mut self) {
         self.shut();
     }

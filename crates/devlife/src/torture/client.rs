@@ -41,12 +41,14 @@ pub struct Opts {
 }
 
 /// What errors an operation may see while devices come and go. Over CUSE
-/// also the kernel's answers once a removed node's channel is closed:
-/// `ENOTCONN` on an old descriptor, `ECONNABORTED` for a request the
-/// kernel still held when it closed.
+/// also the kernel's answer once a removed node's channel is closed:
+/// `ENOTCONN` on an old descriptor. Not `ECONNABORTED`: the close waits
+/// until no request is queued (docs/ARCHITECTURE.md, "What clients see at
+/// removal, over CUSE"), and a killed `--supervise` server's channels are
+/// kept, not aborted.
 fn allowed(e: Errno, cuse: bool) -> bool {
     matches!(e, Errno::NODEV | Errno::NXIO | Errno::NOENT | Errno::INTR | Errno::AGAIN)
-        || (cuse && matches!(e, Errno::NOTCONN | Errno::CONNABORTED))
+        || (cuse && matches!(e, Errno::NOTCONN))
 }
 
 struct Tally {
