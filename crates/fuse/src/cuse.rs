@@ -88,6 +88,21 @@ impl<F: Filesystem> CuseDevice<F> {
     /// when the kernel has no CUSE (`/dev/cuse` missing: load `cuse`);
     /// the kernel's refusal otherwise (a number taken, no permission).
     pub fn open(name: &str, devt: Option<(u32, u32)>, fs: F, config: Config) -> io::Result<Self> {
+        Self::open_kept(name, devt, fs, config, |_| Ok(()))
+    }
+
+    /// [`open`](Self::open), giving `keep` the channel's descriptor before
+    /// the device is registered, to keep a descriptor of it elsewhere
+    /// (see [`resume`](Self::resume)): a process that dies once the device
+    /// exists then never takes it with it. What `CUSE_INIT` will settle is
+    /// [`negotiated_by`] `config`.
+    pub fn open_kept(
+        name: &str,
+        devt: Option<(u32, u32)>,
+        fs: F,
+        config: Config,
+        keep: impl FnOnce(&OwnedFd) -> io::Result<()>,
+    ) -> io::Result<Self> {
         check_name(name)?;
         if class_dir(name).exists() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("CUSE device {name} exists")));
@@ -98,6 +113,7 @@ impl<F: Filesystem> CuseDevice<F> {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{CUSE_DEV}: {e}")))?;
+        keep(&fd)?;
         let negotiated = handshake(&fd, name, devt, &config)?;
         // The kernel checks the reply before our write returns
         // (`cuse_process_init_reply`); a refusal (a name or number taken)
@@ -331,6 +347,12 @@ impl<F: Filesystem> Drop for CuseDevice<F> {
     }
 }
 
+/// What a channel opened with `config` settles at `CUSE_INIT`: the
+/// server's limits, whatever the kernel offers (it takes them as given).
+pub fn negotiated_by(config: &Config) -> Negotiated {
+    Negotiated { max_write: config.max_write, max_pages: (config.max_write / 4096) as u16, ring: false }
+}
+
 /// An `OwnedFd` with the same number as `fd`, for `dup2`'s target (never
 /// dropped: the caller forgets it).
 fn clone_owned(fd: &OwnedFd) -> OwnedFd {
@@ -400,10 +422,6 @@ fn handshake(fd: &OwnedFd, name: &str, devt: Option<(u32, u32)>, config: &Config
         let info = format!("DEVNAME={name}\0");
         send(fd, req.header.unique, 0, &[out.as_bytes(), info.as_bytes()])
             .map_err(|e| io::Error::other(format!("CUSE_INIT reply: {e}")))?;
-        return Ok(Negotiated {
-            max_write: config.max_write,
-            max_pages: (config.max_write / 4096) as u16,
-            ring: false,
-        });
+        return Ok(negotiated_by(config));
     }
 }

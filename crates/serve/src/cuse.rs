@@ -329,16 +329,24 @@ impl CuseNodes {
                 }
             }
         }
+        // Kept before the device is registered: a server killed once the
+        // device exists (a client may be inside it) leaves it to the next.
+        let record =
+            Record { generation: 0, negotiated: devlife_fuse::cuse::negotiated_by(&config), max_kh: 0 };
+        let mut state_fd = None;
+        let keep = |ch: &rustix::fd::OwnedFd| {
+            if let Some(c) = &self.channels {
+                state_fd = c.keep(name, ch, &record)?;
+            }
+            Ok(())
+        };
         let polled = PollHandles::unrecorded();
-        let dev = CuseDevice::open(name, None, CuseNode::new(node.clone(), 0, polled), config)
+        let dev = CuseDevice::open_kept(name, None, CuseNode::new(node.clone(), 0, polled), config, keep)
             .map_err(|e| e.to_string())?;
-        if let Some(c) = &self.channels {
-            let record = Record { generation: 0, negotiated: dev.negotiated(), max_kh: 0 };
-            let kept = dev.channel().and_then(|ch| c.keep(name, &ch, &record));
-            match kept.and_then(|st| st.map(|fd| rustix::io::dup(&fd).map_err(Into::into)).transpose()) {
-                Ok(Some(fd)) => dev.fs().polled.record_into(fd),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(node = name, "cannot keep its CUSE channel for a restart: {e}"),
+        if let Some(fd) = state_fd {
+            match rustix::io::dup(&fd) {
+                Ok(fd) => dev.fs().polled.record_into(fd),
+                Err(e) => tracing::warn!(node = name, "cannot record its poll handles for a restart: {e}"),
             }
         }
         Ok(dev)

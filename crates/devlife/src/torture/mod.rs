@@ -365,6 +365,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
 
     // Collect the clients (hang guard: 30 s past the deadline each).
     let (mut ops, mut hangs, mut errors, mut survived_kill) = (0u64, 0u64, 0u64, 0u64);
+    let mut connaborted = 0u64;
     errors += silent;
     for (mut c, rx) in clients.into_iter().zip(outs) {
         match rx.recv_timeout(Duration::from_secs(30)) {
@@ -377,6 +378,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
                 };
                 ops += field("ops=");
                 hangs += field("hangs=");
+                connaborted += field("connaborted=");
                 errors += field("unexpected=");
                 if field("unexpected=") > 0 {
                     eprintln!("torture: {}", line.trim());
@@ -433,7 +435,7 @@ fn torture(o: &Opts) -> Result<bool, String> {
     eprintln!(
         "torture: detail: epoch_violations={epoch} slow_removals={slow} hangs={hangs} stuck={stuck} \
          namespace_violations={namespace} namespace_checks={} slowest_removal_us={} opens={} releases={} \
-         server_kills={} slowest_restart_ms={}",
+         server_kills={} slowest_restart_ms={} connaborted={connaborted}",
         chaos.namespace_checks.load(Ordering::Relaxed),
         chaos.slowest_us.load(Ordering::Relaxed),
         now.get("opens").copied().unwrap_or(0),
