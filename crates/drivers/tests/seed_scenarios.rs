@@ -102,7 +102,10 @@ fn s2_unbind_waits_for_an_ioctl_in_flight() {
     let node = r.node("xyz0");
     let f2 = f.clone();
     let h = thread::spawn(move || hold(&f2, 300));
-    until(|| node.inside() == 1);
+    // The driver's own word that the hold began: `node.inside()` counts an
+    // entry from its first step, before it has looked whether the gate is
+    // killed, so the unbind could still turn it away.
+    until(|| r.events().iter().any(|e| matches!(e, XyzEvent::HoldStart(_))));
     assert_eq!(r.bus.unbind("xyz0", None), Ok(Unbound::Complete));
     // The handler had left before the unbind returned.
     let ev = r.events();

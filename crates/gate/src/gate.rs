@@ -285,6 +285,12 @@ impl Gate {
 
     /// The number of guards inside right now (exact once the gate is killed
     /// and the kill has returned; a snapshot before).
+    ///
+    /// Before the kill it also counts entries under way: a thread is
+    /// counted from the first step of [`try_enter`](Self::try_enter), before
+    /// it looks whether the gate is killed, so a kill that follows this
+    /// count can still turn that thread away. A test that must know a
+    /// thread got in waits for the thread's own word, not for this count.
     pub fn inside(&self) -> usize {
         // Records registered after `for_each_slot`/`inside` took the registry
         // lock belong to threads that took the lock after the kill's heavy

@@ -383,13 +383,17 @@ fn handler_waiting_on_a_lock_the_remover_holds() {
     let lock = Arc::new(CancellableMutex::new(0u32));
     let held = lock.lock();
     let (g2, l2) = (gate.clone(), lock.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
     let h = thread::spawn(move || {
         let g = g2.try_enter().unwrap();
+        tx.send(()).unwrap();
         let r = l2.lock_cancellable(&[(g.gate().cancel_source(), Cancelled::Removed)]).map(|_| ());
         drop(g);
         r
     });
-    until(|| gate.inside() == 1);
+    // Inside once `try_enter` returned: `gate.inside()` counts the entry
+    // from its first step, before it has looked whether the gate is killed.
+    rx.recv().unwrap();
     // The remover holds the lock and removes: without cancellation this
     // would deadlock.
     gate.kill_and_drain().unwrap();

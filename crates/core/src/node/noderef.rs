@@ -84,7 +84,9 @@ impl NodeRef {
         self.0.kind()
     }
 
-    /// Handlers running in the object right now.
+    /// Handlers running in the object right now (a snapshot, which also
+    /// counts a call still entering: see
+    /// [`Gate::inside`](devlife_gate::Gate::inside)).
     pub fn inside(&self) -> usize {
         self.0.inside()
     }
