@@ -58,13 +58,9 @@ impl Permits {
     }
 }
 
-/// Waits until `n` handlers are inside and waiting for a permit.
-///
-/// Not `node.inside() == n`: the gate counts a thread from the first step
-/// of its entry, before it has looked whether the gate is killed, so a
-/// removal started right after that count can still turn the entry away
-/// (`ENODEV`); only the handler itself knows it got in (CI saw this once in
-/// the 8-handler test, round 13 of 200).
+/// Waits until `n` handlers are inside and waiting for a permit (not
+/// `node.inside() == n`, which also counts an entry a removal can still
+/// turn away: see `Gate::inside`; CI saw it once, round 13 of 200).
 fn until_waiting(r: &Rig, n: usize) {
     until(|| r.permits.arrived.load(Ordering::SeqCst) == n);
 }

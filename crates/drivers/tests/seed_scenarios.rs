@@ -102,9 +102,8 @@ fn s2_unbind_waits_for_an_ioctl_in_flight() {
     let node = r.node("xyz0");
     let f2 = f.clone();
     let h = thread::spawn(move || hold(&f2, 300));
-    // The driver's own word that the hold began: `node.inside()` counts an
-    // entry from its first step, before it has looked whether the gate is
-    // killed, so the unbind could still turn it away.
+    // The driver's own word that the hold began (`node.inside()` also
+    // counts an entry the unbind could still turn away: see `Gate::inside`).
     until(|| r.events().iter().any(|e| matches!(e, XyzEvent::HoldStart(_))));
     assert_eq!(r.bus.unbind("xyz0", None), Ok(Unbound::Complete));
     // The handler had left before the unbind returned.

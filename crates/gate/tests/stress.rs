@@ -391,8 +391,8 @@ fn handler_waiting_on_a_lock_the_remover_holds() {
         drop(g);
         r
     });
-    // Inside once `try_enter` returned: `gate.inside()` counts the entry
-    // from its first step, before it has looked whether the gate is killed.
+    // Inside once `try_enter` returned (`gate.inside()` also counts an
+    // entry still under way: see its docs).
     rx.recv().unwrap();
     // The remover holds the lock and removes: without cancellation this
     // would deadlock.
