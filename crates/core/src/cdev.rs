@@ -126,6 +126,7 @@ impl CdevRegistration {
             }
             class
         };
+        self.sys.forget_dev_nodes();
         self.sys.changed(crate::system::Change::DevNodeRemoved { name: self.name.clone(), class });
         node.remove_dyn()
     }

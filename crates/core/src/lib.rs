@@ -139,6 +139,7 @@ mod misc;
 pub mod name;
 mod node;
 mod panic;
+pub mod percpu;
 pub mod stats;
 pub mod store;
 pub mod system;

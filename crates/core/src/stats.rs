@@ -1,15 +1,24 @@
 //! Framework counters (served as `debug/devlife/stats`).
 
+use crate::percpu::PerCpu;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of one [`System`](crate::System). Written on open and release
-/// only, never on the read/write/ioctl path.
+/// only, never on the read/write/ioctl path; those two per CPU, summed
+/// when read (Linux's `percpu_counter`): every open and close of every
+/// object counts one, from whichever CPU serves it.
 #[derive(Debug, Default)]
 pub struct Stats {
-    opens: AtomicU64,
-    releases: AtomicU64,
+    lifetimes: PerCpu<Lifetimes>,
     panics: AtomicU64,
     violations: AtomicU64,
+}
+
+/// One CPU's share of the open and release counts.
+#[derive(Debug, Default)]
+struct Lifetimes {
+    opens: AtomicU64,
+    releases: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -35,10 +44,12 @@ pub struct StatsSnapshot {
 
 impl Stats {
     pub(crate) fn opened(&self) {
-        self.opens.fetch_add(1, Ordering::Relaxed);
+        // Release: pairs with the Acquire loads of `snapshot` (below).
+        self.lifetimes.this().opens.fetch_add(1, Ordering::Release);
     }
     pub(crate) fn released(&self) {
-        self.releases.fetch_add(1, Ordering::Relaxed);
+        // Release: pairs with the Acquire loads of `snapshot`.
+        self.lifetimes.this().releases.fetch_add(1, Ordering::Release);
     }
     pub(crate) fn violated(&self) {
         self.violations.fetch_add(1, Ordering::Relaxed);
@@ -47,10 +58,13 @@ impl Stats {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn snapshot(&self, inflight_ops: u64, pending_ops: u64) -> StatsSnapshot {
-        // Releases first: a release is counted after its open, so this order
-        // never shows more releases than opens.
-        let releases = self.releases.load(Ordering::Acquire);
-        let opens = self.opens.load(Ordering::Acquire);
+        // Every CPU's releases first, then every CPU's opens: a release is
+        // counted after its open (on whichever CPU), and a release seen by
+        // an Acquire load here (paired with the Release increment in
+        // `released`) makes the open counted before it visible to the
+        // later loads, so this order never shows more releases than opens.
+        let releases: u64 = self.lifetimes.iter().map(|c| c.releases.load(Ordering::Acquire)).sum();
+        let opens: u64 = self.lifetimes.iter().map(|c| c.opens.load(Ordering::Acquire)).sum();
         StatsSnapshot {
             opens,
             releases,

@@ -6,10 +6,11 @@ use crate::chrdev::{Chrdevs, DevT, MISC_MAJOR};
 use crate::debugfs::Dentry;
 use crate::fops::{Caller, KResult};
 use crate::node::{File, NodeDyn, NodeRef};
+use crate::percpu::PerCpu;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{Errno, Error, Result};
 use devlife_gate::sync::lock;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -24,6 +25,10 @@ pub(crate) struct SystemInner {
     pub(crate) buses: Mutex<BTreeMap<String, Bus>>,
     pub(crate) chrdevs: Chrdevs,
     pub(crate) devnodes: Mutex<DevRegistry>,
+    /// Each CPU's copy of the objects behind the device node names it
+    /// looked up (see [`System::dev_node`]); emptied after every change to
+    /// `devnodes.by_name` (see `forget_dev_nodes`).
+    dev_cache: PerCpu<Mutex<HashMap<String, NodeRef>>>,
     pub(crate) misc_minors: Mutex<BTreeSet<u32>>,
     pub(crate) debugfs: Dentry,
     pub(crate) stats: Arc<Stats>,
@@ -160,6 +165,7 @@ impl System {
             buses: Mutex::new(BTreeMap::new()),
             chrdevs: Chrdevs::default(),
             devnodes: Mutex::new(DevRegistry::default()),
+            dev_cache: PerCpu::default(),
             misc_minors: Mutex::new(BTreeSet::new()),
             debugfs: Dentry::root(weak.clone()),
             stats,
@@ -230,6 +236,38 @@ impl System {
     /// Looks up a device node by name, as a path walk in `/dev` would.
     pub fn dev_lookup(&self, name: &str) -> Option<DevNode> {
         lock(&self.inner.devnodes).by_name.get(name).cloned()
+    }
+
+    /// The object behind device node `name`, as an open of `/dev/<name>`
+    /// reaches it (the inode's cached `i_cdev`, which `chrdev_open`
+    /// takes): [`dev_lookup`](Self::dev_lookup)'s node, found in the
+    /// calling CPU's cache of the names it looked up, so that opens on
+    /// different CPUs share no lock and no count but the node's own.
+    ///
+    /// A removed node is never found: its name leaves every CPU's cache
+    /// before its removal waits for its handlers (`DevNodeRemoved`).
+    pub fn dev_node(&self, name: &str) -> Option<NodeRef> {
+        let mut cache = lock(self.inner.dev_cache.this());
+        if let Some(n) = cache.get(name) {
+            return Some(n.clone());
+        }
+        // A miss looks in the registry with this CPU's cache locked: a
+        // change to the registry empties this cache after it
+        // (`forget_dev_nodes`), so what is added here is either current
+        // or emptied again.
+        let n = lock(&self.inner.devnodes).by_name.get(name).map(|d| d.node.clone())?;
+        cache.insert(name.to_owned(), n.clone());
+        Some(n)
+    }
+
+    /// Empties every CPU's cache of device node names (`dev_node`'s):
+    /// called after each change to the registry's names, with the
+    /// registry unlocked (a cache's lock is taken before the registry's).
+    /// Detached under each lock, dropped outside it.
+    pub(crate) fn forget_dev_nodes(&self) {
+        for c in self.inner.dev_cache.iter() {
+            drop(std::mem::take(&mut *lock(c)));
+        }
     }
 
     /// Every device node, by name.

@@ -482,3 +482,46 @@ fn attributes_can_get_their_device() {
     assert_eq!(dev.drvdata::<Arc<AtomicU64>>().unwrap().load(Ordering::Relaxed), 200);
     assert_eq!(f.write(b"nope", 0, &C), Err(Errno::EINVAL));
 }
+
+/// `System::dev_node` answers from each CPU's cache: after a removal no
+/// CPU finds the removed node, and a node added under the same name is the
+/// one every CPU finds. Each round looks the name up from a thread pinned
+/// to every CPU in turn, so that every CPU's cache holds the name first.
+#[test]
+fn dev_node_finds_only_what_the_name_names_now_on_every_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let on_every_cpu = |sys: &System| -> Vec<Option<u64>> {
+        (0..cpus)
+            .map(|cpu| {
+                let sys = sys.clone();
+                thread::spawn(move || {
+                    let mut set = rustix::thread::CpuSet::new();
+                    set.set(cpu);
+                    // Not every CPU may be ours (a cgroup's cpuset): then
+                    // the lookup runs wherever the thread does.
+                    let _ = rustix::thread::sched_setaffinity(None, &set);
+                    sys.dev_node("n").map(|n| n.id())
+                })
+                .join()
+                .unwrap()
+            })
+            .collect()
+    };
+    let sys = System::new();
+    let mut devt = 0;
+    let mut add = || {
+        devt += 1;
+        cdev_device_add(&sys, Cdev::new(Nop), DeviceNode::new("n", DevT::new(300, devt))).unwrap()
+    };
+    let mut reg = add();
+    for round in 0..3 {
+        let id = reg.node().unwrap().id();
+        assert_eq!(on_every_cpu(&sys), vec![Some(id); cpus], "round {round}: every CPU finds the node");
+        assert_eq!(reg.remove(), Removed::Complete);
+        assert_eq!(on_every_cpu(&sys), vec![None; cpus], "round {round}: no CPU finds the removed node");
+        reg = add();
+        let new = reg.node().unwrap().id();
+        assert_ne!(new, id);
+        assert_eq!(on_every_cpu(&sys), vec![Some(new); cpus], "round {round}: every CPU finds the new node");
+    }
+}

@@ -10,7 +10,7 @@ use crate::inodes::Inodes;
 use crate::restart::PollHandles;
 use crate::tree::{self, Obj};
 use devlife_core::gate::sync::lock;
-use devlife_core::{Change, File, Llseek, PollMask, System};
+use devlife_core::{Caller, Change, File, Llseek, NodeRef, PollMask, System};
 use devlife_fuse::abi::fopen;
 use devlife_fuse::{
     DirBuf, Entry, Errno, FileAttr, Filesystem, IoctlArgs, IoctlReply, Notifier, Opened, ReadArgs, Req,
@@ -248,6 +248,39 @@ impl ServeFs {
         Ok((path, obj))
     }
 
+    /// The object behind `ino` if it is a device node (`dev/<name>`):
+    /// found in the calling CPU's copies of the inode and of the device
+    /// node names (see [`Inodes::with`] and `System::dev_node`), what
+    /// every open of a device looks up. `Ok(None)`: not a device node, or
+    /// not an inode of this table (the full resolution says which error).
+    fn dev_node(&self, ino: u64) -> Result<Option<NodeRef>, Errno> {
+        let found = self.inodes.with(ino, |path, id| {
+            let name = path.strip_prefix("dev/").filter(|n| !n.contains('/'))?;
+            // The name now names another object, or none: this inode's
+            // object is gone (as `resolve_ino` finds).
+            Some(self.sys.dev_node(name).filter(|n| n.id() == id).ok_or(Errno::NOENT))
+        });
+        found.flatten().transpose()
+    }
+
+    /// Opens `ino`, whatever it stands for, resolving it in full.
+    fn open_obj(&self, ino: u64, flags: u32, caller: &Caller<'_>) -> Result<(Handle, u32), Errno> {
+        let (_, obj) = self.resolve_ino(ino)?;
+        sysfs_open_mode(&obj, flags)?;
+        Ok(match obj {
+            Obj::DevNode(n) => open_dev_node(&n.node, caller)?,
+            Obj::Attr { node, .. } => (Handle::File(node.open(caller).map_err(kerr)?), fopen::DIRECT_IO),
+            Obj::Debug(d) => {
+                let node = d.node().ok_or(Errno::ISDIR)?;
+                (Handle::File(node.open(caller).map_err(kerr)?), fopen::DIRECT_IO)
+            }
+            Obj::Text { text, .. } => (Handle::Text(text.into_bytes()), fopen::DIRECT_IO),
+            Obj::Control { c, .. } => (Handle::Control(c), fopen::DIRECT_IO),
+            Obj::Dir { .. } => return Err(Errno::ISDIR),
+            Obj::Symlink { .. } => return Err(Errno::LOOP),
+        })
+    }
+
     fn attr(&self, ino: u64, obj: &Obj) -> (FileAttr, Duration) {
         let (mode, uid, gid, size, ttl) = match obj {
             Obj::Dir { id, mode } => {
@@ -307,6 +340,13 @@ const TEXT_MODE: u32 = 0o444;
 /// tree is the driver core's, changed only through its control files
 /// (sysfs answers `EPERM` alike).
 const NAMESPACE_FIXED: Errno = Errno::PERM;
+
+/// Opens device node `node`: direct I/O, at the offsets its `llseek` allows.
+fn open_dev_node(node: &NodeRef, caller: &Caller<'_>) -> Result<(Handle, u32), Errno> {
+    let f = node.open(caller).map_err(kerr)?;
+    let flags = fopen::DIRECT_IO | position_flags(f.llseek());
+    Ok((Handle::File(f), flags))
+}
 
 /// sysfs's open check (`kernfs_fop_open`): a file of `sys/` opens for
 /// reading only if its mode has a read bit and for writing only if it has
@@ -386,24 +426,10 @@ impl Filesystem for ServeFs {
     }
 
     fn open(&self, req: &Req<'_>, ino: u64, flags: u32) -> Result<Opened, Errno> {
-        let (_, obj) = self.resolve_ino(ino)?;
-        sysfs_open_mode(&obj, flags)?;
         let caller = caller(req, flags);
-        let (h, oflags) = match obj {
-            Obj::DevNode(n) => {
-                let f = n.node.open(&caller).map_err(kerr)?;
-                let flags = fopen::DIRECT_IO | position_flags(f.llseek());
-                (Handle::File(f), flags)
-            }
-            Obj::Attr { node, .. } => (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO),
-            Obj::Debug(d) => {
-                let node = d.node().ok_or(Errno::ISDIR)?;
-                (Handle::File(node.open(&caller).map_err(kerr)?), fopen::DIRECT_IO)
-            }
-            Obj::Text { text, .. } => (Handle::Text(text.into_bytes()), fopen::DIRECT_IO),
-            Obj::Control { c, .. } => (Handle::Control(c), fopen::DIRECT_IO),
-            Obj::Dir { .. } => return Err(Errno::ISDIR),
-            Obj::Symlink { .. } => return Err(Errno::LOOP),
+        let (h, oflags) = match self.dev_node(ino)? {
+            Some(node) => open_dev_node(&node, &caller)?,
+            None => self.open_obj(ino, flags, &caller)?,
         };
         // No FLUSH on close where the driver has no `flush`.
         let oflags = match &h {

@@ -76,13 +76,13 @@ impl<T> Handles<T> {
         self.lock(Self::shard_of(fh)).map.get(&fh).cloned()
     }
 
-    /// Takes handle `fh` out.
     /// Whether no handle is open (every shard looked at in turn: a
     /// moment's answer, for a caller that knows no new one comes).
     pub(crate) fn is_empty(&self) -> bool {
         (0..SHARDS).all(|i| self.lock(i).map.is_empty())
     }
 
+    /// Takes handle `fh` out.
     pub(crate) fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.lock(Self::shard_of(fh)).map.remove(&fh)
     }

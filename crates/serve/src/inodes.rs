@@ -6,9 +6,12 @@
 //! name, requests on the old inode fail `ENOENT` instead of reaching the new
 //! object (the stale-`i_cdev` problem of containers and devtmpfs).
 
+use crossbeam_utils::CachePadded;
 use devlife_core::gate::sync::lock;
+use devlife_core::percpu::PerCpu;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The root directory's inode number.
@@ -22,8 +25,31 @@ struct Inode {
 }
 
 /// The inode table.
+///
+/// Every open of a device resolves its inode: besides the table, each CPU
+/// keeps a copy of the inodes it resolved ([`with`](Inodes::with)), so
+/// that opens on different CPUs take no common lock and write no common
+/// count. An inode's path and object never change while it is in the
+/// table (a path that comes to name another object gets a new inode), so
+/// a copy only goes stale when its inode leaves the table: each removal
+/// is counted, and a CPU's copies made before the latest one are dropped
+/// at its next use.
 pub struct Inodes {
     inner: Mutex<Table>,
+    /// Inodes removed from the table, ever: read by every [`with`](Self::with),
+    /// written only by a removal, so on a line of its own (not the lock's).
+    removals: CachePadded<AtomicU64>,
+    /// Each CPU's copies.
+    copies: PerCpu<Mutex<Copies>>,
+}
+
+/// One CPU's copies of inodes it resolved.
+#[derive(Default)]
+struct Copies {
+    /// `Inodes::removals` when these were made.
+    removals: u64,
+    /// Path and object identity, by inode.
+    by_ino: FxHashMap<u64, (Box<str>, u64)>,
 }
 
 struct Table {
@@ -51,7 +77,11 @@ impl Inodes {
         let mut by_path = HashMap::new();
         by_path.insert(String::new(), ROOT);
         let next = crate::fs::generation_base(generation) + ROOT + 1;
-        Inodes { inner: Mutex::new(Table { by_ino, by_path, next }) }
+        Inodes {
+            inner: Mutex::new(Table { by_ino, by_path, next }),
+            removals: CachePadded::new(AtomicU64::new(0)),
+            copies: PerCpu::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -61,6 +91,27 @@ impl Inodes {
     /// The path and object identity of `ino`.
     pub fn get(&self, ino: u64) -> Option<(Arc<str>, u64)> {
         self.lock().by_ino.get(&ino).map(|i| (i.path.clone(), i.id))
+    }
+
+    /// Runs `f` on the path and object identity of `ino`, from the calling
+    /// CPU's copy (made from the table at its first use there); `None` if
+    /// `ino` is not in the table.
+    pub fn with<R>(&self, ino: u64, f: impl FnOnce(&str, u64) -> R) -> Option<R> {
+        // Acquire: pairs with the Release increment in `forget`, made after
+        // the inode left the table: copies made before it are dropped.
+        let removals = self.removals.load(Ordering::Acquire);
+        let mut copies = lock(self.copies.this());
+        if copies.removals != removals {
+            copies.by_ino.clear();
+            copies.removals = removals;
+        }
+        if let Some((path, id)) = copies.by_ino.get(&ino) {
+            return Some(f(path, *id));
+        }
+        let (path, id) = self.lock().by_ino.get(&ino).map(|i| (Box::<str>::from(&*i.path), i.id))?;
+        let r = f(&path, id);
+        copies.by_ino.insert(ino, (path, id));
+        Some(r)
     }
 
     /// The inode of `path` if it is known and stands for object `id`.
@@ -118,7 +169,48 @@ impl Inodes {
                 if t.by_path.get(&*i.path) == Some(&ino) {
                     t.by_path.remove(&*i.path);
                 }
+                // Release: pairs with the Acquire load in `with`.
+                self.removals.fetch_add(1, Ordering::Release);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `with` finds from a thread pinned to each CPU in turn (so every
+    /// CPU's copies are used).
+    fn on_every_cpu(t: &Arc<Inodes>, ino: u64) -> Vec<Option<(String, u64)>> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..cpus)
+            .map(|cpu| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut set = rustix::thread::CpuSet::new();
+                    set.set(cpu);
+                    // A CPU not ours (a cgroup's cpuset): runs anywhere.
+                    let _ = rustix::thread::sched_setaffinity(None, &set);
+                    t.with(ino, |p, id| (p.to_owned(), id))
+                })
+                .join()
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_cpu_finds_an_inode_until_it_is_forgotten_and_then_its_successor() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let t = Arc::new(Inodes::default());
+        let a = t.lookup("dev/x", 7);
+        assert_eq!(on_every_cpu(&t, a), vec![Some(("dev/x".to_owned(), 7)); cpus]);
+        t.forget(a, 1);
+        assert_eq!(on_every_cpu(&t, a), vec![None; cpus], "a forgotten inode is gone on every CPU");
+        let b = t.lookup("dev/x", 8);
+        assert_ne!(a, b, "the path now names another object: a new inode");
+        assert_eq!(on_every_cpu(&t, b), vec![Some(("dev/x".to_owned(), 8)); cpus]);
+        assert_eq!(on_every_cpu(&t, a), vec![None; cpus]);
     }
 }

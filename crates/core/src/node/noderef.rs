@@ -45,11 +45,10 @@ impl<F: FileOperations> NodeDyn for Node<F> {
         self.ops.gate().inside()
     }
     fn pending(&self) -> usize {
-        let files: Vec<_> = lock(&self.files).values().cloned().collect();
-        files.iter().map(|st| lock(&st.pending).len()).sum()
+        self.open_files().iter().map(|st| lock(&st.pending).len()).sum()
     }
     fn open_files(&self) -> usize {
-        lock(&self.files).len()
+        self.files.iter().map(|list| lock(list).len()).sum()
     }
     fn id(&self) -> u64 {
         self.id
