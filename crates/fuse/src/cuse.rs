@@ -226,10 +226,10 @@ impl<F: Filesystem> CuseDevice<F> {
     /// Removes the device: waits (at most 5 s) until every deferred request
     /// of the channel is answered, then (at most 1 s) until no request has
     /// been queued or handled for 50 ms (after 0.5 s: for a moment),
-    /// aborts the channel (a call that
-    /// enters it in between fails `ECONNABORTED`, later calls on its open
-    /// files `ENOTCONN`), waits for every worker to leave, and closes the
-    /// channel, which unregisters the device and frees its name. Returns
+    /// aborts the channel (a call that enters it in between fails
+    /// `ECONNABORTED`, later calls on its open files `ENOTCONN`), waits
+    /// for every worker to leave, and closes the channel, which
+    /// unregisters the device and frees its name. Returns
     /// once the kernel has unregistered it (at most 5 s after the close,
     /// for another holder of the channel to close it: see
     /// [`channel`](Self::channel); devtmpfs removes `/dev/<name>` right
@@ -301,8 +301,9 @@ impl<F: Filesystem> CuseDevice<F> {
         }
     }
 
-    /// Waits (at most `grace`) until no request is queued for the channel
-    /// and none is being handled; returns whether that came.
+    /// Waits (at most `grace`) until no request has been queued for the
+    /// channel or handled for `QUIET_SPAN` (after half of `grace`: until
+    /// none is, for a moment); returns whether that came.
     fn quiesce(&self, grace: std::time::Duration) -> bool {
         /// How long the channel must stay quiet, looked at every 200 us,
         /// before the abort. A caller whose open found the device node
