@@ -56,6 +56,12 @@ impl<T> PerCpu<T> {
         PerCpu { slots: (0..slots()).map(|_| CachePadded::new(f())).collect() }
     }
 
+    /// How many slots there are (a power of two): indices wrap at it.
+    #[inline]
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The slot of the CPU the caller runs on (where it ran a moment ago:
     /// a thread may move at any time).
     #[inline]

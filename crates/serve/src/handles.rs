@@ -1,12 +1,10 @@
 //! [`Handles`]: open handles by `fh`, for the FUSE tree and each CUSE
 //! device alike.
 
-use crossbeam_utils::CachePadded;
 use devlife_core::gate::sync::lock;
+use devlife_core::percpu::PerCpu;
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-const SHARDS: usize = 16;
 
 /// One shard: its handles, keyed by the numbers it hands out (`next`), not
 /// by anything a caller chooses, so a fast hash will do.
@@ -16,7 +14,7 @@ struct Shard<T> {
     next: u64,
 }
 
-/// Open handles by `fh`, in shards, one for each CPU (modulo `SHARDS`):
+/// Open handles by `fh`, in shards, one for each CPU (a [`PerCpu`]):
 /// every request on an open file looks its handle up, and a caller's open,
 /// its requests and its release mostly come to the same CPU's queue, so
 /// with the handle made in the shard of the CPU that opens it, they take a
@@ -27,11 +25,12 @@ struct Shard<T> {
 ///
 /// # Invariants
 ///
-/// * `fh % SHARDS` is the index of the shard that holds `fh`.
+/// * `fh % n`, with `n` the shards' count (a power of two), is the index
+///   of the shard that holds `fh`.
 /// * No `fh` is handed out twice by one table (each shard's `next` only
 ///   grows), and none is 0.
 pub(crate) struct Handles<T> {
-    shards: [CachePadded<Mutex<Shard<T>>>; SHARDS],
+    shards: PerCpu<Mutex<Shard<T>>>,
 }
 
 impl<T> Default for Handles<T> {
@@ -44,47 +43,48 @@ impl<T> Handles<T> {
     /// A table whose handles are numbered in `generation` (the top 16
     /// bits; see `restart`).
     pub(crate) fn in_generation(generation: u16) -> Self {
-        let first = crate::fs::generation_base(generation) / SHARDS as u64;
-        Handles {
-            shards: std::array::from_fn(|_| {
-                CachePadded::new(Mutex::new(Shard { map: FxHashMap::default(), next: first }))
-            }),
+        let shards = PerCpu::new(|| Mutex::new(Shard { map: FxHashMap::default(), next: 0 }));
+        // A power of two no larger than 16: it divides the generation's base.
+        let first = crate::fs::generation_base(generation) / shards.slot_count() as u64;
+        for s in shards.iter() {
+            lock(s).next = first;
         }
+        Handles { shards }
     }
 
     fn lock(&self, idx: usize) -> MutexGuard<'_, Shard<T>> {
-        lock(&self.shards[idx])
+        lock(self.shards.get(idx))
     }
 
-    fn shard_of(fh: u64) -> usize {
-        (fh % SHARDS as u64) as usize
+    fn shard_of(&self, fh: u64) -> usize {
+        (fh % self.shards.slot_count() as u64) as usize
     }
 
     /// Adds `h` under a new `fh`, never used before in this table, in the
     /// shard of the CPU the caller runs on.
     pub(crate) fn add(&self, h: T) -> u64 {
-        let idx = rustix::thread::sched_getcpu() % SHARDS;
+        let idx = self.shards.index();
         let mut s = self.lock(idx);
         s.next += 1;
-        let fh = s.next * SHARDS as u64 + idx as u64;
+        let fh = s.next * self.shards.slot_count() as u64 + idx as u64;
         s.map.insert(fh, Arc::new(h));
         fh
     }
 
     /// The handle `fh`, if open.
     pub(crate) fn get(&self, fh: u64) -> Option<Arc<T>> {
-        self.lock(Self::shard_of(fh)).map.get(&fh).cloned()
+        self.lock(self.shard_of(fh)).map.get(&fh).cloned()
     }
 
     /// Whether no handle is open (every shard looked at in turn: a
     /// moment's answer, for a caller that knows no new one comes).
     pub(crate) fn is_empty(&self) -> bool {
-        (0..SHARDS).all(|i| self.lock(i).map.is_empty())
+        self.shards.iter().all(|s| lock(s).map.is_empty())
     }
 
     /// Takes handle `fh` out.
     pub(crate) fn remove(&self, fh: u64) -> Option<Arc<T>> {
-        self.lock(Self::shard_of(fh)).map.remove(&fh)
+        self.lock(self.shard_of(fh)).map.remove(&fh)
     }
 }
 
