@@ -311,7 +311,11 @@ impl<F: FileOperations> Node<F> {
 
     /// The files open now, every CPU's list in turn.
     fn open_files(&self) -> Vec<Arc<OpenState<F>>> {
-        self.files.iter().flat_map(|list| lock(list).values().cloned().collect::<Vec<_>>()).collect()
+        let mut files = Vec::new();
+        for list in self.files.iter() {
+            files.extend(lock(list).values().cloned());
+        }
+        files
     }
 
     fn wake_pollers(&self) {
